@@ -1,0 +1,110 @@
+"""Training configuration: defaults, YAML loading and validation.
+
+A config is a plain nested dict with the sections below. Every key a user writes must be one
+of these (an unknown key is an error, so typos never pass silently). Model keyword arguments
+are checked by the model's builder.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {"name": "uresnet"},  # other keys go to the model builder
+    "data": {
+        "simulate": "crop512",  # simulator preset for on-the-fly training data, or null to read files
+        "seed": 1,  # simulator seed of the training stream
+        "train": None,  # HDF5 file(s) when not simulating
+        "val": None,  # HDF5 file(s) for validation; null -> simulated with val_seed
+        "val_seed": 1001,
+        "val_images": 48,
+        "planes": None,  # restrict to these planes, e.g. [Y]; null = all
+        "num_workers": 1,
+    },
+    "train": {
+        "batch_size": 8,
+        "max_steps": 1000,
+        "optimizer": "adam",
+        "lr": 1.0e-3,
+        "weight_decay": 0.0,
+        "momentum": 0.9,
+        "schedule": "cosine",
+        "warmup_steps": 100,
+        "min_lr_ratio": 0.02,
+        "val_every": 250,
+        "log_every": 10,
+        "checkpoint_every": 250,
+        "early_stopping": 0,
+        "seed": 0,
+        "threads": 0,
+        "device": "cpu",
+    },
+    "weights": {
+        "cluster": True,
+        "cluster_clip": [0.05, 20.0],
+        "vertex": True,
+        "vertex_radius": 3.0,
+        "vertex_boost": 5.0,
+        "class_mode": "sqrt",
+        "class_values": None,
+        "plane": {},
+    },
+}
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+
+
+def _merge(base: dict, override: dict, where: str) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if key not in base and where != "model":
+            known = ", ".join(sorted(base))
+            raise ValueError(f"config: unknown key {where}.{key}; known keys of {where}: {known}")
+        out[key] = value
+    return out
+
+
+def resolve(user: dict | None) -> dict:
+    """Merge a user config over the defaults and validate it. Returns a new dict."""
+    user = user or {}
+    if not isinstance(user, dict):
+        raise ValueError(f"config: expected a mapping at the top level, got {type(user).__name__}")
+    unknown = sorted(set(user) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"config: unknown section(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
+    cfg = {}
+    for section, defaults in DEFAULTS.items():
+        value = user.get(section) or {}
+        if not isinstance(value, dict):
+            raise ValueError(f"config: section {section} must be a mapping, got {type(value).__name__}")
+        cfg[section] = _merge(defaults, value, section)
+    t, d = cfg["train"], cfg["data"]
+    if t["optimizer"] not in OPTIMIZERS:
+        raise ValueError(f"config: train.optimizer {t['optimizer']!r} unknown; expected one of {', '.join(OPTIMIZERS)}")
+    if t["schedule"] not in SCHEDULES:
+        raise ValueError(f"config: train.schedule {t['schedule']!r} unknown; expected one of {', '.join(SCHEDULES)}")
+    for key in ("batch_size", "max_steps", "val_every", "log_every", "checkpoint_every"):
+        if not isinstance(t[key], int) or t[key] < 1:
+            raise ValueError(f"config: train.{key} must be a positive integer, got {t[key]!r}")
+    if d["simulate"] is None and not d["train"]:
+        raise ValueError("config: set data.simulate to a simulator preset or data.train to HDF5 file(s)")
+    return cfg
+
+
+def load(path: str | Path) -> dict:
+    """Read a YAML config file and resolve it (see :func:`resolve`)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        user = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"config {path}: not valid YAML ({err})") from None
+    try:
+        return resolve(user)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None

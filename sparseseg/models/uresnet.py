@@ -1,0 +1,263 @@
+"""Submanifold sparse UResNet (spconv) for 2D wire-plane images and 3D voxel volumes.
+
+This is the only module of sparseseg that imports spconv.
+
+Layout (depth L, filters F, reps R): a 3x3(x3) submanifold stem to F channels; encoder level
+i (0..L-1) holds R residual blocks of width F*(i+1), all submanifold convolutions of a level
+sharing the ``indice_key`` ``subm{i}``; between levels a ``SparseConv(k=2, s=2)`` with key
+``down{i}``. The decoder mirrors it with ``SparseInverseConv`` on the same ``down{i}`` key, so
+the upsampled sites are exactly the encoder's, concatenates the skip features and runs R
+residual blocks. BatchNorm + LeakyReLU throughout; a linear head gives per-pixel logits.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+import spconv.pytorch as spconv
+from spconv.core import ConvAlgo
+
+from ..classes import NUM_CLASSES
+from . import sparse_cpu
+
+__all__ = ["UResNetConfig", "SparseUResNet", "build_uresnet", "collate", "guard_cpu_backward"]
+
+
+# --------------------------------------------------------------------------- spconv on CPU
+def guard_cpu_backward() -> None:
+    """Route spconv's convolutions on CPU tensors through :mod:`.sparse_cpu`.
+
+    spconv's own CPU path asks ``torch.cuda.current_stream()`` for a stream in backward
+    ("Torch not compiled with CUDA enabled" on CPU-only builds) and, with several threads,
+    sometimes returns wrong rows in forward. Its rulebooks are kept; CUDA tensors still go
+    to spconv's kernels. Idempotent.
+    """
+    import spconv.pytorch.ops as ops
+
+    if getattr(ops.indice_conv, "_sparseseg", False):
+        return
+    spconv_fwd, spconv_bwd = ops.indice_conv, ops.indice_conv_backward
+
+    def indice_conv(features, filters, indice_pairs, indice_pair_num, num_activate_out,
+                    inverse=False, subm=False, *args, **kwargs):
+        if features.is_cuda:
+            return spconv_fwd(features, filters, indice_pairs, indice_pair_num, num_activate_out,
+                              inverse, subm, *args, **kwargs)
+        return sparse_cpu.indice_conv(features, filters, indice_pairs, indice_pair_num,
+                                      num_activate_out, inverse, subm)
+
+    def indice_conv_backward(features, filters, out_bp, indice_pairs, indice_pair_num,
+                             inverse=False, subm=False, *args, **kwargs):
+        if features.is_cuda:
+            return spconv_bwd(features, filters, out_bp, indice_pairs, indice_pair_num,
+                              inverse, subm, *args, **kwargs)
+        return sparse_cpu.indice_conv_backward(features, filters, out_bp, indice_pairs,
+                                               indice_pair_num, inverse, subm)
+
+    indice_conv._sparseseg = True
+    ops.indice_conv, ops.indice_conv_backward = indice_conv, indice_conv_backward
+
+
+def _algo(device: torch.device | str | None = None) -> ConvAlgo | None:
+    """spconv algorithm: the CPU wheel only has Native; GPU builds pick their default."""
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        return None
+    return ConvAlgo.Native
+
+
+# --------------------------------------------------------------------------- config
+@dataclass
+class UResNetConfig:
+    """Hyper-parameters of :class:`SparseUResNet` (stored in checkpoints)."""
+
+    dim: int = 2
+    in_channels: int = 1
+    num_classes: int = NUM_CLASSES
+    depth: int = 5
+    filters: int = 32
+    reps: int = 2
+    leakiness: float = 0.0
+    input_scale: float = 0.01
+    """Features are multiplied by this before the stem (ADC 10..300 -> 0.1..3)."""
+
+    def __post_init__(self) -> None:
+        if self.dim not in (2, 3):
+            raise ValueError(f"uresnet: dim must be 2 or 3, got {self.dim}")
+        for name in ("in_channels", "num_classes", "depth", "filters", "reps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"uresnet: {name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def widths(self) -> list[int]:
+        return [self.filters * (i + 1) for i in range(self.depth)]
+
+
+# --------------------------------------------------------------------------- blocks
+def _subm(dim: int, cin: int, cout: int, key: str, algo) -> spconv.SparseModule:
+    cls = spconv.SubMConv2d if dim == 2 else spconv.SubMConv3d
+    return cls(cin, cout, 3, padding=1, bias=False, indice_key=key, algo=algo)
+
+
+class _NormAct(nn.Module):
+    """BatchNorm + LeakyReLU on the features of a SparseConvTensor."""
+
+    def __init__(self, channels: int, leakiness: float) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(channels)
+        self.act = nn.LeakyReLU(leakiness) if leakiness > 0 else nn.ReLU()
+
+    def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
+        return x.replace_feature(self.act(self.bn(x.features)))
+
+
+class ResidualBlock(nn.Module):
+    """Pre-activation residual block of two submanifold convolutions.
+
+    (N, cin) -> (N, cout); a 1x1 linear projection on the shortcut when cin != cout.
+    """
+
+    def __init__(self, dim: int, cin: int, cout: int, key: str, leakiness: float, algo) -> None:
+        super().__init__()
+        self.norm1 = _NormAct(cin, leakiness)
+        self.conv1 = _subm(dim, cin, cout, key, algo)
+        self.norm2 = _NormAct(cout, leakiness)
+        self.conv2 = _subm(dim, cout, cout, key, algo)
+        self.shortcut = nn.Linear(cin, cout, bias=False) if cin != cout else None
+
+    def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
+        identity = x.features if self.shortcut is None else self.shortcut(x.features)
+        out = self.conv2(self.norm2(self.conv1(self.norm1(x))))
+        return out.replace_feature(out.features + identity)
+
+
+# --------------------------------------------------------------------------- model
+class SparseUResNet(nn.Module):
+    """Submanifold sparse UResNet.
+
+    ``forward`` takes either a list of :class:`~sparseseg.event.Event` or a pair
+    ``(indices, features)``: indices int32 (N, 1 + D) with the batch index in column 0,
+    features float32 (N, C_in); plus ``spatial_shape`` for the latter. It returns logits
+    (N, num_classes) whose rows follow the input rows.
+    """
+
+    def __init__(self, config: UResNetConfig | None = None, **kwargs) -> None:
+        super().__init__()
+        cfg = config or UResNetConfig(**kwargs)
+        self.config = cfg
+        algo = _algo()
+        d, w, lk = cfg.dim, cfg.widths, cfg.leakiness
+        self.stem = _subm(d, cfg.in_channels, w[0], "subm0", algo)
+        self.encoder = nn.ModuleList()
+        self.down = nn.ModuleList()
+        for i in range(cfg.depth):
+            blocks = [ResidualBlock(d, w[i], w[i], f"subm{i}", lk, algo) for _ in range(cfg.reps)]
+            self.encoder.append(nn.ModuleList(blocks))
+            if i < cfg.depth - 1:
+                conv = (spconv.SparseConv2d if d == 2 else spconv.SparseConv3d)(
+                    w[i], w[i + 1], 2, stride=2, bias=False, indice_key=f"down{i}", algo=algo
+                )
+                self.down.append(nn.ModuleList([_NormAct(w[i], lk), conv]))
+        self.up = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for i in reversed(range(cfg.depth - 1)):
+            inv = (spconv.SparseInverseConv2d if d == 2 else spconv.SparseInverseConv3d)(
+                w[i + 1], w[i], 2, bias=False, indice_key=f"down{i}", algo=algo
+            )
+            self.up.append(nn.ModuleList([_NormAct(w[i + 1], lk), inv]))
+            blocks = [ResidualBlock(d, 2 * w[i] if r == 0 else w[i], w[i], f"subm{i}", lk, algo) for r in range(cfg.reps)]
+            self.decoder.append(nn.ModuleList(blocks))
+        self.head_norm = nn.BatchNorm1d(w[0])
+        self.head_act = nn.LeakyReLU(lk) if lk > 0 else nn.ReLU()
+        self.head = nn.Linear(w[0], cfg.num_classes)
+
+    @property
+    def stride(self) -> int:
+        """Spatial sizes are padded to a multiple of this."""
+        return 2 ** (self.config.depth - 1)
+
+    def padded_shape(self, shape: Sequence[int]) -> list[int]:
+        s = self.stride
+        return [int(-(-int(n) // s) * s) for n in shape]
+
+    def forward(self, events_or_indices, features: torch.Tensor | None = None, spatial_shape=None) -> torch.Tensor:
+        if features is None:
+            indices, features, spatial_shape, batch_size = collate(events_or_indices, self.config.dim)
+        else:
+            indices = events_or_indices
+            batch_size = int(indices[:, 0].max().item()) + 1 if len(indices) else 0
+        device = next(self.parameters()).device
+        if indices.shape[0] == 0:  # spconv cannot take an empty tensor
+            return torch.zeros((0, self.config.num_classes), device=device)
+        if features.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"uresnet: expected {self.config.in_channels} feature channel(s), got {features.shape[1]}"
+            )
+        x = spconv.SparseConvTensor(
+            features.to(device) * self.config.input_scale,
+            indices.to(device=device, dtype=torch.int32),
+            self.padded_shape(spatial_shape),
+            batch_size,
+        )
+        x = self.stem(x)
+        skips = []
+        for i, blocks in enumerate(self.encoder):
+            for block in blocks:
+                x = block(x)
+            if i < len(self.down):
+                skips.append(x)
+                norm, conv = self.down[i]
+                x = conv(norm(x))
+        for (norm, inv), blocks, skip in zip(self.up, self.decoder, reversed(skips)):
+            x = inv(norm(x))
+            x = x.replace_feature(torch.cat([x.features, skip.features], dim=1))
+            for block in blocks:
+                x = block(x)
+        return self.head(self.head_act(self.head_norm(x.features)))
+
+
+def collate(events, dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int], int]:
+    """Stack events into (indices (N, 1 + D) int32 with batch column 0, features (N, F), shape, B).
+
+    ``shape`` is the per-axis maximum of the events' shapes (each model pads it further).
+    """
+    events = list(events)
+    if not events:
+        raise ValueError("uresnet: got an empty list of events")
+    d = events[0].ndim
+    if dim is not None and d != dim:
+        raise ValueError(f"uresnet: this model takes {dim}D events, got a {d}D event")
+    if any(ev.ndim != d for ev in events):
+        raise ValueError("uresnet: all events of a batch must have the same dimension")
+    idx, feats = [], []
+    for b, ev in enumerate(events):
+        col = np.full((len(ev), 1), b, dtype=np.int32)
+        idx.append(np.concatenate([col, ev.coords], axis=1))
+        feats.append(ev.features)
+    shape = np.max([ev.shape for ev in events], axis=0).tolist()
+    indices = torch.from_numpy(np.concatenate(idx, axis=0))
+    features = torch.from_numpy(np.concatenate(feats, axis=0))
+    return indices, features, shape, len(events)
+
+
+def split_by_batch(output: torch.Tensor, indices: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Split per-row outputs by the batch column of ``indices`` (not by position)."""
+    batch = indices[:, 0].to(output.device).long()
+    return [output[batch == b] for b in range(batch_size)]
+
+
+def build_uresnet(**kwargs) -> SparseUResNet:
+    """Builder used by the model table: keyword arguments are :class:`UResNetConfig` fields."""
+    guard_cpu_backward()
+    known = set(UResNetConfig.__dataclass_fields__)
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(f"uresnet: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return SparseUResNet(UResNetConfig(**kwargs))
+
+
+def config_dict(model: SparseUResNet) -> dict:
+    return asdict(model.config)

@@ -1,0 +1,24 @@
+import numpy as np
+import pytest
+
+from sparseseg import Event
+
+
+def random_event(shape, n, seed=0, with_truth=True):
+    """A random sparse event with n unique pixels (labels 0..4, a few 255)."""
+    rng = np.random.default_rng(seed)
+    lin = rng.choice(int(np.prod(shape)), size=n, replace=False)
+    coords = np.stack(np.unravel_index(lin, shape), axis=1).astype(np.int32)
+    feats = rng.uniform(10, 300, size=(n, 1)).astype(np.float32)
+    labels = clusters = None
+    if with_truth:
+        labels = rng.integers(0, 5, size=n).astype(np.uint8)
+        labels[rng.random(n) < 0.05] = 255
+        clusters = rng.integers(-1, 6, size=n).astype(np.int32)
+    return Event(coords, feats, shape, labels=labels, clusters=clusters,
+                 vertices=np.zeros((1, len(shape)), np.float32), meta={"plane": "Y" if len(shape) == 2 else "3D", "event_id": seed})
+
+
+@pytest.fixture
+def make_event():
+    return random_event

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from sparseseg import Event
+from sparseseg.losses import weighted_cross_entropy
+from sparseseg.models import build_model
+from sparseseg.models.uresnet import collate, split_by_batch
+
+from conftest import random_event
+
+
+def small(dim, **kw):
+    torch.manual_seed(0)
+    return build_model("uresnet", dim=dim, depth=3, filters=8, reps=1, **kw)
+
+
+def test_output_shape_and_empty_event():
+    m = small(2).eval()
+    ev = random_event((60, 70), 300)
+    with torch.no_grad():
+        assert m([ev]).shape == (300, 5)
+        empty = Event(np.zeros((0, 2), np.int32), np.zeros((0, 1), np.float32), (60, 70))
+        assert m([empty]).shape == (0, 5)
+        # an empty event inside a batch contributes no rows
+        assert m([ev, empty, ev]).shape == (600, 5)
+
+
+def test_spatial_shape_padding():
+    m = build_model("uresnet", dim=2, depth=5, filters=4, reps=1)
+    assert m.padded_shape((1008, 3456)) == [1008, 3456]
+    assert m.padded_shape((1001, 2401)) == [1008, 2416]
+
+
+@pytest.mark.parametrize("dim,shape", [(2, (50, 60)), (3, (20, 24, 28))])
+def test_permutation_equivariance_and_batch_split(dim, shape):
+    m = small(dim).eval()
+    a, b = random_event(shape, 200, seed=1), random_event(shape, 150, seed=2)
+    perm = np.random.default_rng(0).permutation(len(a))
+    with torch.no_grad():
+        out_a = m([a])
+        out_perm = m([a.subset(perm)])
+        torch.testing.assert_close(out_perm, out_a[perm], atol=1e-3, rtol=1e-3)
+        idx, feats, sshape, bsz = collate([a, b])
+        both = m(idx, feats, sshape)
+        parts = split_by_batch(both, idx, bsz)
+        torch.testing.assert_close(parts[0], out_a, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(parts[1], m([b]), atol=1e-4, rtol=1e-4)
+
+
+def test_wrong_dimension_is_an_error():
+    m = small(2)
+    with pytest.raises(ValueError, match="this model takes 2D events, got a 3D event"):
+        m([random_event((10, 10, 10), 20)])
+    with pytest.raises(ValueError, match="unknown option"):
+        build_model("uresnet", dim=2, width=3)
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        build_model("resnet")
+
+
+@pytest.mark.parametrize("dim,shape", [(2, (64, 64)), (3, (24, 24, 24))])
+def test_training_steps_on_cpu(dim, shape):
+    """Backward works on CPU-only torch; one step changes the weights; 30 steps halve the loss."""
+    m = small(dim)
+    events = [random_event(shape, 250, seed=s) for s in range(2)]
+    labels = torch.from_numpy(np.concatenate([e.labels for e in events]).astype(np.int64))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    losses = []
+    for _ in range(30):
+        loss = weighted_cross_entropy(m(events), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+        if len(losses) == 1:
+            changed = [k for k, v in m.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+            assert "stem.weight" in changed and "head.weight" in changed
+            assert any(k.startswith("down.") for k in changed) and any(k.startswith("up.") for k in changed)
+    assert losses[-1] < 0.5 * losses[0], losses
