@@ -1,0 +1,310 @@
+"""The ``sparseseg`` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+DESCRIPTION = """\
+sparseseg: semantic segmentation of liquid-argon TPC images on CPU.
+
+Every pixel with ADC >= 10 of a wire-plane image (or voxel of a 3D volume) is labelled
+HIP, MIP, shower, delta or Michel by a submanifold sparse UResNet, on full MicroBooNE-size
+images (1008 x 2400/2400/3456) without cropping.
+
+typical session:
+  sparseseg simulate --preset uboone -n 10 --seed 7 -o events.h5   # make events
+  sparseseg info events.h5                                         # what is in a file
+  sparseseg predict events.h5 -o pred.h5                           # segment (shipped weights)
+  sparseseg evaluate pred.h5 --json metrics.json --plot cm.png     # confusion matrices
+  sparseseg show events.h5 --pred pred.h5 --event 0 -o ev.png      # event display
+  sparseseg train --config configs/uresnet2d.yaml --out runs/2d    # train your own
+  sparseseg demo                                                   # all of the above, small
+
+Run `sparseseg COMMAND --help` for the options of a command. Errors exit with status 2
+and a one-line message; add --debug to see the Python traceback.
+"""
+
+
+class UsageError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_simulate(args) -> None:
+    from tqdm import tqdm
+
+    from .io import EventWriter
+    from .simulate import PRESETS, simulate
+
+    if args.preset not in PRESETS:
+        raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    if args.n < 1:
+        raise UsageError(f"-n must be at least 1, got {args.n}")
+    per = 1 if args.preset == "pilarnet" else 3
+    attrs = {"preset": args.preset, "seed": args.seed, "adc_min": 10.0, "adc_max": 300.0}
+    t0 = time.perf_counter()
+    with EventWriter(args.output, attrs=attrs) as writer:
+        for ev in tqdm(simulate(args.preset, args.n, args.seed, start=args.start), total=args.n * per,
+                       desc=f"simulate {args.preset}", unit="image", disable=args.quiet):
+            writer.append(ev)
+    dt = time.perf_counter() - t0
+    print(f"wrote {args.n} {args.preset} interaction(s) ({args.n * per} images) to {args.output} in {dt:.1f} s")
+
+
+def file_info(path: str) -> dict:
+    import numpy as np
+
+    from .classes import CLASS_NAMES, IGNORE
+    from .io import EventFile
+
+    with EventFile(path) as f:
+        n = len(f)
+        planes: dict[str, dict] = {}
+        counts = np.zeros(len(CLASS_NAMES) + 1, dtype=np.int64)
+        has_labels = False
+        for i in range(n):
+            ev = f[i]
+            p = planes.setdefault(ev.plane, {"images": 0, "pixels": 0, "occupancy": 0.0, "shape": list(ev.shape)})
+            p["images"] += 1
+            p["pixels"] += len(ev)
+            p["occupancy"] += ev.occupancy
+            if ev.labels is not None:
+                has_labels = True
+                lab = ev.labels.astype(np.int64)
+                lab[lab == IGNORE] = len(CLASS_NAMES)
+                counts += np.bincount(lab, minlength=len(CLASS_NAMES) + 1)
+        for p in planes.values():
+            p["mean_pixels"] = p["pixels"] / max(1, p["images"])
+            p["occupancy"] = p["occupancy"] / max(1, p["images"])
+        info = {"file": str(path), "images": n, "events": len(set(f.event_ids.tolist())), "dim": f.D,
+                "planes": planes, "attrs": {k: v for k, v in f.attrs.items() if isinstance(v, (int, float, str))}}
+        if has_labels:
+            total = max(1, counts.sum())
+            info["class_fractions"] = {name: counts[c] / total for c, name in enumerate(CLASS_NAMES)}
+            info["class_fractions"]["no truth (255)"] = counts[-1] / total
+    return info
+
+
+def cmd_info(args) -> None:
+    info = file_info(args.file)
+    if args.json:
+        print(json.dumps(info, indent=2, default=float))
+        return
+    print(f"{info['file']}: {info['images']} images from {info['events']} events, {info['dim']}D")
+    for name, p in info["planes"].items():
+        shape = " x ".join(str(s) for s in p["shape"])
+        print(f"  plane {name:>2}: {p['images']:6d} images of {shape}, {p['mean_pixels']:9.0f} pixels each, "
+              f"occupancy {100 * p['occupancy']:.3f} %")
+    if "class_fractions" in info:
+        print("  class fractions: " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in info["class_fractions"].items()))
+
+
+def _interaction_images(f, index: int):
+    """The images (planes) of file entry group ``index``: entries sharing an event id, in file order."""
+    ids = f.event_ids
+    unique = list(dict.fromkeys(ids.tolist()))
+    if not -len(unique) <= index < len(unique):
+        raise UsageError(f"{f.path}: --event {index} is out of range (the file holds {len(unique)} events)")
+    eid = unique[index]
+    rows = [i for i, e in enumerate(ids.tolist()) if e == eid]
+    return eid, rows
+
+
+def cmd_show(args) -> None:
+    from .io import EventFile
+    from .plots import event_display
+
+    with EventFile(args.file) as f:
+        eid, rows = _interaction_images(f, args.event)
+        events = [f[i] for i in rows]
+        preds = None
+        if args.pred:
+            with EventFile(args.pred) as p:
+                if "pred" not in p.extra_names:
+                    raise UsageError(f"{args.pred}: holds no predictions (no 'pred' dataset); make it with `sparseseg predict`")
+                pos = {e: i for i, e in enumerate(zip(p.event_ids.tolist(), p.planes.tolist()))}
+                preds = []
+                for ev in events:
+                    key = (ev.meta.get("event_id"), ev.plane)
+                    if key not in pos:
+                        raise UsageError(f"{args.pred}: no prediction for event {key[0]} plane {key[1]}")
+                    preds.append(p.read_extra(pos[key], "pred"))
+    out = args.output or f"event{eid}.png"
+    event_display(events, preds, out, title=f"{Path(args.file).name} event {eid}")
+    print(f"wrote {out}")
+
+
+def cmd_train(args) -> None:
+    from . import config as config_mod
+    from .train import train
+
+    cfg = config_mod.load(args.config)
+    out = args.out or os.path.join("runs", Path(args.config).stem)
+    result = train(cfg, out, resume=args.resume, max_steps=args.max_steps, progress=not args.quiet)
+    if int(os.environ.get("RANK", 0)) == 0:
+        val = result.get("val") or {}
+        acc = val.get("accuracy")
+        print(f"done at step {result['step']}; validation accuracy {acc:.4f}" if acc is not None else f"done at step {result['step']}")
+        print(f"checkpoint: {out}/checkpoint.pt  best: {out}/best.pt  log: {out}/metrics.jsonl")
+
+
+def cmd_predict(args) -> None:
+    from .infer import Predictor, output_paths, parse_min_scores, parse_shard, predict_file
+
+    if args.threads:
+        torch_threads(args.threads)
+    pairs = output_paths(args.inputs, args.output, parse_shard(args.shard))
+    predictor = Predictor(weights=args.weights, device=args.device, min_scores=parse_min_scores(args.min_score))
+    for inp, out in pairs:
+        r = predict_file(inp, out, predictor, progress=not args.quiet)
+        note = f" (resumed after {r['resumed_from']} images)" if r["resumed_from"] else ""
+        print(f"{inp} -> {out}: {r['images']} images{note}, {r['time_per_event_s']:.3f} s per event, "
+              f"peak memory {r['peak_rss_mb']:.0f} MB")
+    if not pairs:
+        print("nothing to do: no input file falls in this shard")
+
+
+def torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(int(n))
+
+
+def cmd_evaluate(args) -> None:
+    from .infer import evaluate_files
+    from .metrics import format_table
+
+    acc = evaluate_files(args.inputs)
+    summary = acc.summary()
+    print(format_table(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+        print(f"wrote {args.json}")
+    if args.plot:
+        from .plots import confusion_heatmap
+
+        confusion_heatmap(acc.matrix, args.plot, title=f"{', '.join(Path(p).name for p in args.inputs)}")
+        print(f"wrote {args.plot}")
+
+
+def cmd_demo(args) -> None:
+    from .io import EventFile, EventWriter
+    from .plots import event_display
+    from .simulate import simulate
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    events_path = out / "events.h5"
+    t0 = time.perf_counter()
+    with EventWriter(str(events_path), attrs={"preset": "uboone", "seed": args.seed}) as w:
+        for ev in simulate("uboone", args.n, args.seed):
+            w.append(ev)
+    print(f"simulated {args.n} uboone events (3 planes each) in {time.perf_counter() - t0:.1f} s -> {events_path}")
+    with EventFile(str(events_path)) as f:
+        events = [f[i] for i in range(3)]
+    png = out / "event0.png"
+    event_display(events, None, str(png), title="simulated MicroBooNE-like event 0 (ADC and truth)")
+    print(f"event display: {png}")
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sparseseg", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    p.add_argument("--version", action="version", version=f"sparseseg {__import__('sparseseg').__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("simulate", help="simulate LArTPC events into an HDF5 file",
+                       description="Simulate neutrino interactions (with cosmics for uboone) and write them as sparse events. "
+                                   "Presets: uboone (3 planes, 1008 x 2400/2400/3456), crop512 (512 x 512 training views), "
+                                   "pilarnet (3D, 768^3 voxels). The same seed gives the same events bit for bit.")
+    s.add_argument("--preset", default="uboone", help="simulator preset (default: uboone)")
+    s.add_argument("-n", type=int, default=10, help="number of interactions (default: 10)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    s.add_argument("--start", type=int, default=0, help="index of the first interaction (to extend a sample)")
+    s.add_argument("-o", "--output", required=True, help="output HDF5 file")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("info", help="summarise an event file", description="Events, planes, pixels, occupancy and class fractions of an HDF5 event file.")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true", help="print JSON instead of text")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("show", help="draw an event display (ADC, truth, prediction per plane)",
+                       description="Draw all planes of one event: ADC, truth labels and, with --pred, the prediction.")
+    s.add_argument("file")
+    s.add_argument("--event", type=int, default=0, help="which event (by position among event ids; default 0)")
+    s.add_argument("--pred", help="prediction file from `sparseseg predict`")
+    s.add_argument("-o", "--output", help="PNG to write (default: event<ID>.png)")
+    s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("train", help="train a model from a YAML config",
+                       description="Train a segmentation model. Data: simulated on the fly (data.simulate) or HDF5 files "
+                                   "(data.train). Checkpoints are atomic; --resume continues at the same step. Under "
+                                   "`torchrun --nproc_per_node=K` it trains with DistributedDataParallel.")
+    s.add_argument("--config", required=True, help="YAML config (see configs/)")
+    s.add_argument("--out", help="run folder (default: runs/<config name>)")
+    s.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    s.add_argument("--max-steps", type=int, help="override train.max_steps")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("predict", help="segment every plane of every event (full images, no cropping)",
+                       description="Segment HDF5 event files with a trained model (default: the shipped weights) and write "
+                                   "per-pixel predicted class and softmax scores; truth is copied when present. A rerun after "
+                                   "an interruption resumes where it stopped.")
+    s.add_argument("inputs", nargs="+", help="event file(s)")
+    s.add_argument("-o", "--output", required=True, help="output file (one input) or folder (several inputs)")
+    s.add_argument("--weights", help="checkpoint to use (default: weights/uresnet2d.pt or uresnet3d.pt by the file's D)")
+    s.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.add_argument("--min-score", action="append", metavar="CLASS=SCORE",
+                   help="reassign pixels whose best class is CLASS but score < SCORE to their next class (repeatable)")
+    s.add_argument("--shard", metavar="K/N", help="process only input files i with i %% N == K (batch arrays)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("evaluate", help="confusion matrices, efficiency and purity of predictions",
+                       description="Compare predictions with truth: confusion matrix (rows = truth), efficiency (normalised "
+                                   "to truth), purity (normalised to prediction), IoU, track/shower collapsed, per plane.")
+    s.add_argument("inputs", nargs="+", help="prediction file(s) from `sparseseg predict`")
+    s.add_argument("--json", help="write all numbers as JSON here")
+    s.add_argument("--plot", help="write a confusion-matrix heatmap PNG here")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("demo", help="simulate, segment and draw a few MicroBooNE-like events",
+                       description="The quick start: simulate uboone events, segment them with the shipped weights, "
+                                   "write an event display and a confusion matrix, print time and memory.")
+    s.add_argument("--out", default="demo", help="output folder (default: demo)")
+    s.add_argument("-n", type=int, default=3, help="events to simulate (default: 3)")
+    s.add_argument("--seed", type=int, default=20261123, help="simulator seed")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("sparseseg: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, ValueError, FileNotFoundError, FileExistsError, IndexError) as err:
+        if args.debug:
+            raise
+        print(f"sparseseg {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

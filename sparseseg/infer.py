@@ -1,0 +1,193 @@
+"""Full-image inference: segment every plane of every event of HDF5 files, without cropping.
+
+Output files have the input's layout plus two per-pixel datasets: ``pred`` (uint8 class
+code) and ``scores`` (float16 softmax, 5 per pixel); truth labels are copied when present.
+Outputs are written through a ``.partial`` file renamed at the end, so a rerun after an
+interruption resumes where it stopped and gives the same file as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .classes import CLASS_NAMES, class_index
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_WEIGHTS = {2: WEIGHTS_DIR / "uresnet2d.pt", 3: WEIGHTS_DIR / "uresnet3d.pt"}
+EXTRAS = {"pred": ("uint8", ()), "scores": ("float16", (len(CLASS_NAMES),))}
+
+
+def parse_min_scores(items: list[str] | None) -> dict[int, float]:
+    """``["delta=0.5", "Michel=0.3"]`` -> {3: 0.5, 4: 0.3}."""
+    out: dict[int, float] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--min-score {item!r}: expected CLASS=SCORE, e.g. delta=0.5")
+        try:
+            score = float(value)
+        except ValueError:
+            raise ValueError(f"--min-score {item!r}: {value!r} is not a number") from None
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"--min-score {item!r}: score must be within 0..1")
+        out[class_index(name)] = score
+    return out
+
+
+def apply_min_scores(scores: np.ndarray, min_scores: dict[int, float]) -> np.ndarray:
+    """Argmax class per pixel; a pixel whose best class c has score < min_scores[c] takes
+    its best other class instead (seed 004's "delta score > 0.5")."""
+    pred = scores.argmax(axis=1)
+    for c, threshold in min_scores.items():
+        weak = (pred == c) & (scores[:, c] < threshold)
+        if weak.any():
+            other = scores[weak].copy()
+            other[:, c] = -np.inf
+            pred[weak] = other.argmax(axis=1)
+    return pred.astype(np.uint8)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"2/10"`` -> (2, 10): this job handles files i with i % 10 == 2."""
+    if not text:
+        return 0, 1
+    k, sep, n = text.partition("/")
+    try:
+        k_i, n_i = int(k), int(n)
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected K/N with integers, e.g. 0/4") from None
+    if not sep or n_i < 1 or not 0 <= k_i < n_i:
+        raise ValueError(f"--shard {text!r}: expected K/N with 0 <= K < N")
+    return k_i, n_i
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclass
+class Predictor:
+    """Loads models lazily per dimension and segments lists of events."""
+
+    weights: str | None = None
+    device: str = "cpu"
+    min_scores: dict[int, float] = field(default_factory=dict)
+    _models: dict = field(default_factory=dict)
+
+    def model(self, dim: int):
+        if dim not in self._models:
+            from .checkpoint import load_model
+
+            path = Path(self.weights) if self.weights else DEFAULT_WEIGHTS[dim]
+            if not self.weights and not path.exists():
+                raise FileNotFoundError(f"no shipped {dim}D weights at {path}; pass --weights PATH")
+            model, _ = load_model(path, self.device, dim=dim)
+            self._models[dim] = model.eval()
+        return self._models[dim]
+
+    @torch.no_grad()
+    def scores(self, events) -> list[np.ndarray]:
+        """Softmax scores (N_i, 5) float32 for each event, one forward for the whole list."""
+        from .models.uresnet import collate, split_by_batch
+
+        model = self.model(events[0].ndim)
+        out = [np.zeros((len(ev), len(CLASS_NAMES)), np.float32) for ev in events]
+        keep = [i for i, ev in enumerate(events) if len(ev)]
+        if keep:
+            idx, feats, shape, b = collate([events[i] for i in keep], events[0].ndim)
+            probs = torch.softmax(model(idx, feats, shape).float(), dim=1)
+            for i, part in zip(keep, split_by_batch(probs, idx, b)):
+                out[i] = part.cpu().numpy()
+        return out
+
+    def predict(self, events) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(pred uint8 (N,), scores float32 (N, 5)) per event."""
+        return [(apply_min_scores(s, self.min_scores), s) for s in self.scores(events)]
+
+
+def _groups(event_ids: np.ndarray, start: int) -> list[list[int]]:
+    """Consecutive entries sharing an event id (the planes of one interaction), from ``start``."""
+    groups: list[list[int]] = []
+    for i in range(start, len(event_ids)):
+        if groups and event_ids[i] == event_ids[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def predict_file(path: str, output: str, predictor: Predictor, progress: bool = True) -> dict:
+    """Segment every image of ``path`` into ``output``; resumes a ``.partial`` left by a crash."""
+    from tqdm import tqdm
+
+    from .io import EventFile, EventWriter
+
+    t0 = time.perf_counter()
+    times: list[float] = []
+    with EventFile(path) as f:
+        attrs = {k: v for k, v in f.attrs.items() if isinstance(v, (int, float, str))}
+        attrs["source_file"] = str(Path(path).name)
+        attrs["min_scores"] = ";".join(f"{CLASS_NAMES[c]}={s}" for c, s in sorted(predictor.min_scores.items()))
+        if len(f):
+            predictor.model(f.D)  # fail early on missing or mismatched weights
+        with EventWriter(output, extras=EXTRAS, attrs=attrs, resume=True) as w:
+            start = w.n_done
+            bar = tqdm(total=len(f), initial=start, desc=Path(path).name, unit="image", disable=not progress)
+            for rows in _groups(f.event_ids, start):
+                events = [f[i] for i in rows]
+                tic = time.perf_counter()
+                results = predictor.predict(events)
+                times.append(time.perf_counter() - tic)
+                for ev, (pred, scores) in zip(events, results):
+                    w.append(ev, extras={"pred": pred, "scores": scores.astype(np.float16)})
+                bar.update(len(rows))
+            bar.close()
+            resumed = start
+    return {"input": path, "output": output, "images": len(f), "resumed_from": resumed,
+            "events": len(times), "time_per_event_s": float(np.mean(times)) if times else 0.0,
+            "wall_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
+
+
+def output_paths(inputs: list[str], output: str, shard: tuple[int, int]) -> list[tuple[str, str]]:
+    """(input, output) pairs for this shard. One input: ``output`` is the file; several:
+    ``output`` is a folder receiving ``<stem>.pred.h5`` per input."""
+    k, n = shard
+    for p in inputs:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"input file {p} does not exist")
+    if len(inputs) == 1 and not Path(output).is_dir():
+        pairs = [(inputs[0], output)]
+    else:
+        out_dir = Path(output)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"-o {output}: with several input files, -o must be a folder")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stems = [Path(p).stem for p in inputs]
+        if len(set(stems)) != len(stems):
+            raise ValueError("input files share a file name; their outputs would collide")
+        pairs = [(p, str(out_dir / f"{Path(p).stem}.pred.h5")) for p in inputs]
+    return [pair for i, pair in enumerate(pairs) if i % n == k]
+
+
+def evaluate_files(paths: list[str]):
+    """Confusion matrices (overall and per plane) of prediction files with truth labels."""
+    from .io import EventFile
+    from .metrics import ConfusionAccumulator
+
+    acc = ConfusionAccumulator()
+    for path in paths:
+        with EventFile(path) as f:
+            if "pred" not in f.extra_names:
+                raise ValueError(f"{path}: holds no predictions (no 'pred' dataset); make it with `sparseseg predict`")
+            for i in range(len(f)):
+                ev = f[i]
+                if ev.labels is None:
+                    raise ValueError(f"{path}: has no truth labels to evaluate against")
+                acc.add(ev.labels, f.read_extra(i, "pred"), plane=ev.plane)
+    return acc

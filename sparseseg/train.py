@@ -1,0 +1,354 @@
+"""Training loop for segmentation models: one machine or many (torchrun + DDP).
+
+Data for step s is a pure function of (config, s, rank), so a run resumed from a checkpoint
+sees exactly the batches an uninterrupted run would have seen, and the weights come out the
+same bit for bit on CPU.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__, checkpoint
+from .classes import CLASS_NAMES, IGNORE, NUM_CLASSES
+from .config import resolve
+from .losses import weighted_cross_entropy
+from .weighting import WeightConfig, pixel_weights
+
+
+# --------------------------------------------------------------------------- data
+class ImageSource:
+    """Images by global index j: simulated on the fly, or read from HDF5 file(s)."""
+
+    def __init__(self, data_cfg: dict, seed: int | None = None, files=None) -> None:
+        self.preset = data_cfg["simulate"] if files is None else None
+        self.seed = int(data_cfg["seed"] if seed is None else seed)
+        self.planes = data_cfg.get("planes")
+        self.files = files if files is not None else data_cfg["train"]
+        self._cache: OrderedDict[int, list] = OrderedDict()
+        self._dataset = None
+        self._perm: dict[int, np.ndarray] = {}
+        if self.preset is not None:
+            from .simulate import PRESETS
+
+            if self.preset not in PRESETS:
+                raise ValueError(f"config: data.simulate {self.preset!r} unknown; presets: {', '.join(PRESETS)}")
+            self.views = 1 if self.preset == "pilarnet" else (len(self.planes) if self.planes else 3)
+
+    def _interaction(self, k: int) -> list:
+        if k not in self._cache:
+            from .simulate import simulate_interaction
+
+            evs = simulate_interaction(self.preset, self.seed, k)
+            if self.planes:
+                evs = [e for e in evs if e.plane in self.planes]
+            self._cache[k] = evs
+            while len(self._cache) > 8:
+                self._cache.popitem(last=False)
+        return self._cache[k]
+
+    def _files(self):
+        if self._dataset is None:
+            from .io import EventDataset
+
+            files = [self.files] if isinstance(self.files, (str, Path)) else list(self.files)
+            self._dataset = EventDataset([str(f) for f in files])
+            if len(self._dataset) == 0:
+                raise ValueError(f"training files {files} hold no events")
+        return self._dataset
+
+    def __len__(self) -> int:
+        return len(self._files()) if self.preset is None else 2**62
+
+    def get(self, j: int):
+        if self.preset is not None:
+            return self._interaction(j // self.views)[j % self.views]
+        ds = self._files()
+        n = len(ds)
+        epoch, pos = divmod(j, n)
+        if epoch not in self._perm:
+            self._perm = {epoch: np.random.default_rng([self.seed, epoch]).permutation(n)}
+        return ds[int(self._perm[epoch][pos])]
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item s = (events, pixel weights) of training step s on this rank."""
+
+    def __init__(self, source: ImageSource, batch_size: int, weight_cfg: WeightConfig, rank: int = 0, world: int = 1) -> None:
+        self.source, self.batch_size, self.weight_cfg = source, batch_size, weight_cfg
+        self.rank, self.world = rank, world
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, step: int):
+        first = (step * self.world + self.rank) * self.batch_size
+        events = [self.source.get(first + b) for b in range(self.batch_size)]
+        return events, pixel_weights(events, self.weight_cfg)
+
+
+def _identity(x):
+    return x
+
+
+def _labels(events) -> torch.Tensor:
+    return torch.from_numpy(np.concatenate([e.labels for e in events]).astype(np.int64))
+
+
+# --------------------------------------------------------------------------- schedule
+def learning_rate(step: int, t: dict) -> float:
+    base, warm, total = float(t["lr"]), int(t["warmup_steps"]), int(t["max_steps"])
+    if warm and step < warm:
+        return base * (step + 1) / warm
+    if t["schedule"] == "constant":
+        return base
+    frac = (step - warm) / max(1, total - warm)
+    floor = float(t["min_lr_ratio"])
+    if t["schedule"] == "step":  # x0.1 at 60 % and 85 % of the run
+        return base * (0.1 ** (int(frac >= 0.6) + int(frac >= 0.85)))
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def make_optimizer(params, t: dict) -> torch.optim.Optimizer:
+    if t["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"], nesterov=True)
+    cls = torch.optim.AdamW if t["optimizer"] == "adamw" else torch.optim.Adam
+    return cls(params, lr=t["lr"], weight_decay=t["weight_decay"])
+
+
+# --------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_events(model, events, batch_size: int = 8) -> dict[str, Any]:
+    """Loss (unweighted CE), accuracy and per-class efficiency of ``model`` on ``events``."""
+    was_training = model.training
+    model.eval()
+    cm = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    loss_sum, n_sum = 0.0, 0
+    for i in range(0, len(events), batch_size):
+        chunk = events[i : i + batch_size]
+        logits = model(chunk)
+        labels = _labels(chunk)
+        valid = labels != IGNORE
+        n = int(valid.sum())
+        if n:
+            loss_sum += float(weighted_cross_entropy(logits, labels)) * n
+            n_sum += n
+            pred = logits.argmax(1)[valid].numpy()
+            cm += np.bincount(labels[valid].numpy() * NUM_CLASSES + pred, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+    model.train(was_training)
+    rows = cm.sum(1)
+    eff = {name: (float(cm[c, c] / rows[c]) if rows[c] else None) for c, name in enumerate(CLASS_NAMES)}
+    track = cm[:2, :2].sum() + cm[2:, 2:].sum()
+    return {
+        "loss": loss_sum / max(1, n_sum),
+        "accuracy": float(np.trace(cm) / max(1, cm.sum())),
+        "track_shower_accuracy": float(track / max(1, cm.sum())),
+        "efficiency": eff,
+    }
+
+
+# --------------------------------------------------------------------------- the loop
+def _dist_info() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _read_log(path: Path, upto_step: int) -> list[dict]:
+    """Records of an existing metrics log with step <= upto_step (what a resume keeps)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        if rec.get("step", 0) <= upto_step:
+            out.append(rec)
+    return out
+
+
+def _write_log(path: Path, records: list[dict]) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of all parameters: equal digests mean bitwise-equal weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | None = None,
+          progress: bool = True, callback=None) -> dict[str, Any]:
+    """Train the model described by ``config`` (see :mod:`sparseseg.config`) into folder ``out``.
+
+    Writes ``checkpoint.pt`` (latest, atomic), ``best.pt`` (best validation accuracy),
+    ``metrics.jsonl`` and ``loss_curve.png``. Returns the last validation metrics.
+    ``callback(step)``, if given, is called after every completed step.
+    """
+    from tqdm import tqdm
+
+    from .models import build_model
+
+    cfg = resolve(config)
+    if max_steps is not None:
+        cfg["train"]["max_steps"] = int(max_steps)
+    t = cfg["train"]
+    out = Path(out)
+    rank, world = _dist_info()
+    distributed = world > 1
+    if distributed:
+        import torch.distributed as dist
+
+        dist.init_process_group(backend="nccl" if t["device"] == "cuda" else "gloo")
+    if t["threads"]:
+        torch.set_num_threads(int(t["threads"]))
+    device = torch.device(t["device"])
+    torch.manual_seed(int(t["seed"]))
+
+    mcfg = dict(cfg["model"])
+    model = build_model(mcfg.pop("name"), **mcfg).to(device)
+    optimizer = make_optimizer(model.parameters(), t)
+    start, log = 0, []
+    ckpt_path = out / "checkpoint.pt"
+    best = {"accuracy": -1.0}
+    stale = 0
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        ckpt = checkpoint.load(ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start = int(ckpt["step"])
+        best = ckpt.get("best", best)
+        stale = int(ckpt.get("stale", 0))
+        log = _read_log(out / "metrics.jsonl", start)
+    elif rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if ckpt_path.exists():
+            raise FileExistsError(f"{out} already holds a training run; use --resume to continue it or pick another --out")
+    net = model
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+
+    wcfg = WeightConfig(**{k: v for k, v in cfg["weights"].items()})
+    source = ImageSource(cfg["data"])
+    batches = StepBatches(source, t["batch_size"], wcfg, rank, world)
+    workers = int(cfg["data"]["num_workers"])
+    loader = torch.utils.data.DataLoader(
+        batches, batch_size=None, sampler=range(start, t["max_steps"]), num_workers=workers,
+        collate_fn=_identity, prefetch_factor=4 if workers else None, persistent_workers=False,
+    )
+    val_events = None
+    if rank == 0:
+        d = cfg["data"]
+        if d["val"]:
+            vsrc = ImageSource(d, files=d["val"])
+            val_events = [vsrc._files()[i] for i in range(min(len(vsrc), d["val_images"]))]
+        else:
+            vsrc = ImageSource(d, seed=d["val_seed"])
+            val_events = [vsrc.get(j) for j in range(d["val_images"])]
+
+    def save_ckpt(step: int) -> None:
+        if rank != 0:
+            return
+        checkpoint.save(ckpt_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+            "config": cfg, "classes": list(CLASS_NAMES), "version": __version__,
+            "best": best, "stale": stale,
+        })
+        _write_log(out / "metrics.jsonl", log)
+
+    bar = tqdm(total=t["max_steps"], initial=start, disable=not progress or rank != 0, desc="train", unit="step")
+    run_loss, run_acc, run_n, t_data, t_step = 0.0, 0.0, 0, 0.0, 0.0
+    last_val: dict[str, Any] = {}
+    tic = time.perf_counter()
+    step = start
+    stop = False
+    for step, (events, weights) in zip(range(start, t["max_steps"]), loader):
+        t_data += time.perf_counter() - tic
+        tic = time.perf_counter()
+        for g in optimizer.param_groups:
+            g["lr"] = learning_rate(step, t)
+        net.train()
+        labels = _labels(events).to(device)
+        logits = net(events)
+        loss = weighted_cross_entropy(logits, labels, torch.from_numpy(weights).to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            valid = labels != IGNORE
+            acc = float((logits.argmax(1)[valid] == labels[valid]).float().mean()) if valid.any() else 0.0
+        run_loss += float(loss.detach())
+        run_acc += acc
+        run_n += 1
+        t_step += time.perf_counter() - tic
+        done = step + 1
+        if done % t["log_every"] == 0 or done == t["max_steps"]:
+            rec = {"step": done, "loss": run_loss / run_n, "accuracy": run_acc / run_n,
+                   "lr": learning_rate(step, t), "time_data_s": t_data / run_n, "time_step_s": t_step / run_n}
+            if rank == 0:
+                log.append(rec)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['accuracy']:.3f}")
+            run_loss, run_acc, run_n, t_data, t_step = 0.0, 0.0, 0, 0.0, 0.0
+        if rank == 0 and (done % t["val_every"] == 0 or done == t["max_steps"]):
+            last_val = evaluate_events(model, val_events, t["batch_size"])
+            log.append({"step": done, "val_loss": last_val["loss"], "val_accuracy": last_val["accuracy"],
+                        "val_track_shower_accuracy": last_val["track_shower_accuracy"],
+                        "val_efficiency": last_val["efficiency"]})
+            if last_val["accuracy"] > best["accuracy"]:
+                best = {"accuracy": last_val["accuracy"], "step": done}
+                stale = 0
+                checkpoint.save(out / "best.pt", {"model": model.state_dict(), "step": done, "config": cfg,
+                                                  "classes": list(CLASS_NAMES), "version": __version__,
+                                                  "metrics": last_val})
+            else:
+                stale += 1
+            tqdm.write(f"step {done}: val loss {last_val['loss']:.4f} accuracy {last_val['accuracy']:.4f}") if progress else None
+            if t["early_stopping"] and stale >= t["early_stopping"]:
+                stop = True
+        if distributed:
+            flag = torch.tensor([int(stop)])
+            torch.distributed.broadcast(flag, 0)
+            stop = bool(flag.item())
+        if done % t["checkpoint_every"] == 0 or done == t["max_steps"] or stop:
+            save_ckpt(done)
+        bar.update(1)
+        if callback is not None:
+            callback(done)
+        tic = time.perf_counter()
+        if stop:
+            if rank == 0 and progress:
+                tqdm.write(f"early stopping at step {done}: no better validation accuracy in {stale} checks")
+            break
+    bar.close()
+    digests = [weights_digest(model)]
+    if distributed:  # replicas must hold the same weights; record what each rank has
+        digests = [None] * world
+        torch.distributed.all_gather_object(digests, weights_digest(model))
+    if rank == 0:
+        log.append({"step": step + 1, "weights_sha256": digests})
+        _write_log(out / "metrics.jsonl", log)
+    if rank == 0 and log:
+        from .plots import loss_curve
+
+        loss_curve(log, str(out / "loss_curve.png"))
+    if distributed:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return {"step": step + 1 if t["max_steps"] > start else start, "val": last_val, "best": best}
