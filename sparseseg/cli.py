@@ -192,23 +192,49 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_demo(args) -> None:
+    from .infer import DEFAULT_WEIGHTS, Predictor, evaluate_files, peak_rss_mb, predict_file
     from .io import EventFile, EventWriter
-    from .plots import event_display
+    from .metrics import format_table
+    from .plots import confusion_heatmap, event_display
     from .simulate import simulate
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    events_path = out / "events.h5"
+    if args.threads:
+        torch_threads(args.threads)
+    events_path, pred_path = out / "events.h5", out / "pred.h5"
     t0 = time.perf_counter()
     with EventWriter(str(events_path), attrs={"preset": "uboone", "seed": args.seed}) as w:
         for ev in simulate("uboone", args.n, args.seed):
             w.append(ev)
-    print(f"simulated {args.n} uboone events (3 planes each) in {time.perf_counter() - t0:.1f} s -> {events_path}")
-    with EventFile(str(events_path)) as f:
+    print(f"simulated {args.n} MicroBooNE-like events (3 planes, 1008 x 2400/2400/3456) in "
+          f"{time.perf_counter() - t0:.1f} s -> {events_path}")
+    if not DEFAULT_WEIGHTS[2].exists():
+        with EventFile(str(events_path)) as f:
+            events = [f[i] for i in range(3)]
+        png = out / "event0.png"
+        event_display(events, None, str(png), title="simulated MicroBooNE-like event 0 (ADC and truth)")
+        print(f"no shipped weights at {DEFAULT_WEIGHTS[2]}: drew the truth only -> {png}")
+        return
+    predictor = Predictor()
+    predictor.model(2)  # load before timing
+    if pred_path.exists():
+        pred_path.unlink()
+    r = predict_file(str(events_path), str(pred_path), predictor, progress=False)
+    print(f"segmented {r['events']} events (all planes, full size, CPU, {__import__('torch').get_num_threads()} threads): "
+          f"{r['time_per_event_s']:.2f} s per event, peak memory {peak_rss_mb():.0f} MB -> {pred_path}")
+    with EventFile(str(events_path)) as f, EventFile(str(pred_path)) as p:
         events = [f[i] for i in range(3)]
+        preds = [p.read_extra(i, "pred") for i in range(3)]
     png = out / "event0.png"
-    event_display(events, None, str(png), title="simulated MicroBooNE-like event 0 (ADC and truth)")
-    print(f"event display: {png}")
+    event_display(events, preds, str(png), title="simulated MicroBooNE-like event 0: ADC, truth, prediction")
+    acc = evaluate_files([str(pred_path)])
+    cm_png = out / "confusion.png"
+    confusion_heatmap(acc.matrix, str(cm_png), title=f"{args.n} simulated uboone events (seed {args.seed})")
+    summary = acc.summary()
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    print(format_table(summary))
+    print(f"event display: {png}\nconfusion matrix: {cm_png}\nmetrics: {out / 'metrics.json'}")
 
 
 # --------------------------------------------------------------------------- parser
@@ -283,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="demo", help="output folder (default: demo)")
     s.add_argument("-n", type=int, default=3, help="events to simulate (default: 3)")
     s.add_argument("--seed", type=int, default=20261123, help="simulator seed")
+    s.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     s.set_defaults(func=cmd_demo)
     return p
 
