@@ -1,0 +1,459 @@
+"""Interactions (neutrino-like, particle bomb, cosmic overlay), presets and the public API."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from ..classes import DELTA, HIP, MICHEL, MIP, PLANES as PLANE_NAMES, SHOWER
+from ..event import Event
+from . import physics as ph
+from .deposits import Deposits
+from .geometry import (
+    CUBE_HI,
+    CUBE_LO,
+    CUBE_VOXELS,
+    N_ROWS,
+    PLANES,
+    ROW_CM,
+    TPC_HI,
+    TPC_LO,
+    VOXEL_CM,
+    X_TRIGGER_OFFSET,
+    clip_lines_to_box,
+    project_points,
+)
+from .render import charge_points, render_plane, render_voxels
+from .showers import cascade
+from .tracks import propagate_tracks
+
+# ----------------------------------------------------------------------------- presets
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What one preset simulates and how it is imaged."""
+
+    name: str
+    ndim: int  # 2: three wire-plane views; 3: one voxel volume
+    shapes: tuple[tuple[int, ...], ...]  # image shape per output Event
+    topologies: tuple[tuple[str, float], ...]  # (name, probability)
+    cosmic_mean: float  # mean number of cosmic muons (over the full readout / volume)
+    crop: int | None = None  # side of the square crop around the vertex (2D only)
+    noise_adc: tuple[float, ...] = (2.6, 2.6, 2.4)
+    dead_fraction: float = 0.03
+    description: str = ""
+
+
+_NU = (("ccmu", 0.5), ("cce", 0.2), ("ncpi0", 0.3))
+
+PRESETS: dict[str, Preset] = {
+    "uboone": Preset(
+        "uboone", 2, ((N_ROWS, 2400), (N_ROWS, 2400), (N_ROWS, 3456)), _NU, 20.0,
+        description="full MicroBooNE-like readout: one neutrino interaction + cosmic overlay, planes U, V, Y",
+    ),
+    "crop512": Preset(
+        "crop512", 2, ((512, 512),) * 3, (("bomb", 0.25),) + tuple((n, 0.75 * p) for n, p in _NU), 20.0, crop=512,
+        description="512 x 512 training views around the interaction vertex, cosmics crossing the window",
+    ),
+    "pilarnet": Preset(
+        "pilarnet", 3, ((CUBE_VOXELS,) * 3,), (("bomb", 0.5),) + tuple((n, 0.5 * p) for n, p in _NU), 1.5,
+        noise_adc=(0.0,), dead_fraction=0.0, 
+        description="768^3 voxels of 3 mm: particle bombs and neutrino-like interactions",
+    ),
+}
+
+# cosmic arrival times, as a drift-distance shift, such that some are partly out of the window
+COSMIC_SHIFT_RANGE = (-(TPC_HI[0] + X_TRIGGER_OFFSET), N_ROWS * ROW_CM - X_TRIGGER_OFFSET)
+
+# ----------------------------------------------------------------------------- primaries
+
+
+@dataclass
+class Primaries:
+    pdg: list = field(default_factory=list)
+    start: list = field(default_factory=list)
+    dir: list = field(default_factory=list)
+    T: list = field(default_factory=list)  # kinetic energy (photons: energy), MeV
+    shift: list = field(default_factory=list)
+    cosmic: list = field(default_factory=list)
+    max_len: list = field(default_factory=list)
+    parent: list = field(default_factory=list)  # "nu", "pi0", "cosmic", "bomb"
+
+    def add(self, pdg, start, d, T, shift=0.0, cosmic=False, max_len=np.inf, parent="nu"):
+        d = np.asarray(d, float)
+        self.pdg.append(int(pdg))
+        self.start.append(np.asarray(start, float))
+        self.dir.append(d / np.linalg.norm(d))
+        self.T.append(float(T))
+        self.shift.append(float(shift))
+        self.cosmic.append(bool(cosmic))
+        self.max_len.append(float(max_len))
+        self.parent.append(parent)
+
+    def __len__(self):
+        return len(self.pdg)
+
+
+@dataclass
+class Truth:
+    """Per-interaction truth, for tests and studies (not part of the Event format)."""
+
+    topology: str
+    vertex: np.ndarray  # (3,) cm
+    track_pdg: np.ndarray
+    track_cluster: np.ndarray
+    track_start: np.ndarray
+    track_end: np.ndarray
+    track_contained: np.ndarray
+    track_shift: np.ndarray
+    track_cosmic: np.ndarray
+    em_pdg: np.ndarray
+    em_label: np.ndarray
+    em_cluster: np.ndarray
+    em_origin: np.ndarray  # where the primary was created
+    em_visible_start: np.ndarray  # first deposit (photons: first interaction point); NaN if none
+    em_shift: np.ndarray
+    em_parent: list
+    vertices3d: np.ndarray  # (V, 3) cm
+    vertex_shift: np.ndarray  # (V,)
+    windows: list = field(default_factory=list)  # (row0, wire0) per plane for crops
+
+
+def _forward_dir(rng, sharpness=2.2):
+    c = 1.0 - 2.0 * rng.random() ** sharpness
+    s = np.sqrt(max(0.0, 1 - c * c))
+    phi = rng.uniform(0, 2 * np.pi)
+    return np.array([s * np.cos(phi), s * np.sin(phi), c])
+
+
+def _iso_dir(rng):
+    return ph.random_directions(rng, 1)[0]
+
+
+def _add_protons(rng, prim, vtx, mean, cap=4):
+    for _ in range(min(int(rng.poisson(mean)), cap)):
+        prim.add(2212, vtx, _forward_dir(rng, 0.8), min(25.0 + rng.exponential(70.0), 600.0))
+
+
+def _add_pi0(rng, prim, vtx, parent="pi0"):
+    p = 40.0 + rng.gamma(2.0, 140.0)
+    d = _forward_dir(rng, 0.7)
+    E = np.hypot(p, ph.M_PI0)
+    gam, beta = E / ph.M_PI0, p / E
+    cs = rng.uniform(-1, 1)
+    phi = rng.uniform(0, 2 * np.pi)
+    e1, e2 = ph.orthonormal_basis(d[None])
+    perp = np.cos(phi) * e1[0] + np.sin(phi) * e2[0]
+    half = ph.M_PI0 / 2
+    for sgn in (1.0, -1.0):
+        c = sgn * cs
+        s = np.sqrt(max(0.0, 1 - c * c))
+        Elab = gam * half * (1 + beta * c)
+        ppar = gam * half * (c + beta)
+        vec = ppar * d + sgn * half * s * perp
+        prim.add(22, vtx, vec, Elab, parent=parent)
+
+
+def _neutrino(rng, topology, vtx, prim):
+    if topology == "ccmu":
+        prim.add(13, vtx, _forward_dir(rng), min(50.0 + rng.gamma(1.8, 330.0), 3000.0))
+        _add_protons(rng, prim, vtx, 1.3)
+        if rng.random() < 0.3:
+            prim.add(211 if rng.random() < 0.7 else -211, vtx, _iso_dir(rng), 40.0 + rng.exponential(150.0))
+        if rng.random() < 0.1:
+            _add_pi0(rng, prim, vtx)
+    elif topology == "cce":
+        prim.add(11, vtx, _forward_dir(rng), min(100.0 + rng.gamma(2.0, 300.0), 3000.0))
+        _add_protons(rng, prim, vtx, 1.3)
+        if rng.random() < 0.15:
+            prim.add(211, vtx, _iso_dir(rng), 40.0 + rng.exponential(150.0))
+    elif topology == "ncpi0":
+        _add_pi0(rng, prim, vtx)
+        _add_protons(rng, prim, vtx, 1.2, cap=3)
+        if rng.random() < 0.1:
+            prim.add(211, vtx, _iso_dir(rng), 40.0 + rng.exponential(150.0))
+    elif topology == "bomb":
+        kinds = np.array([13, -13, 211, -211, 2212, 11, 22])
+        w = np.array([0.15, 0.1, 0.1, 0.1, 0.25, 0.15, 0.15])
+        for _ in range(int(rng.integers(2, 7))):
+            pdg = int(rng.choice(kinds, p=w))
+            if pdg == 2212:
+                T = np.exp(rng.uniform(np.log(20.0), np.log(400.0)))
+            elif abs(pdg) in (11, 22):
+                T = np.exp(rng.uniform(np.log(20.0), np.log(1000.0)))
+            else:
+                T = np.exp(rng.uniform(np.log(30.0), np.log(1000.0)))
+            prim.add(pdg, vtx, _iso_dir(rng), T, parent="bomb")
+    else:  # pragma: no cover - guarded by the preset tables
+        raise ValueError(topology)
+
+
+def sample_cosmics(rng, n, lo, hi, ext=400.0):
+    """n cosmic muons crossing the box [lo, hi] (y up): entry points, directions, T, pdg, chord.
+
+    Points are drawn on a horizontal plane at the top (extended by ``ext`` cm on each side),
+    with zenith pdf ~ cos^3 (cos^2 intensity through a horizontal surface), and kept when
+    their line crosses the box; momenta are log-normal around 3 GeV (a few % stop).
+    """
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    entry, dirs, chord = [], [], []
+    have = 0
+    while have < n:
+        m = 4 * (n - have) + 8
+        p0 = np.empty((m, 3))
+        p0[:, 0] = rng.uniform(lo[0] - ext, hi[0] + ext, m)
+        p0[:, 1] = hi[1]
+        p0[:, 2] = rng.uniform(lo[2] - ext, hi[2] + ext, m)
+        c = rng.random(m) ** 0.25
+        s = np.sqrt(1 - c * c)
+        phi = rng.uniform(0, 2 * np.pi, m)
+        d = np.stack([s * np.cos(phi), -c, s * np.sin(phi)], axis=1)
+        t_in, t_out = clip_lines_to_box(p0, d, lo, hi)
+        ok = np.flatnonzero(t_out - t_in > 5.0)[: n - have]
+        entry.append(p0[ok] + d[ok] * t_in[ok, None])
+        dirs.append(d[ok])
+        chord.append(t_out[ok] - t_in[ok])
+        have += ok.size
+    entry = np.concatenate(entry) if entry else np.zeros((0, 3))
+    dirs = np.concatenate(dirs) if dirs else np.zeros((0, 3))
+    chord = np.concatenate(chord) if chord else np.zeros(0)
+    p = np.exp(rng.normal(np.log(3000.0), 1.1, n))
+    T = np.maximum(np.hypot(p, ph.M_MU) - ph.M_MU, 20.0)
+    pdg = np.where(rng.random(n) < 0.556, -13, 13)
+    return entry, dirs, T, pdg, chord
+
+
+# ----------------------------------------------------------------------------- physics run
+
+DELTA_TMIN = 1.0  # MeV
+
+
+def _run_physics(rng, prim: Primaries, lo, hi, topology, vertex):
+    n = len(prim)
+    pdg = np.array(prim.pdg, dtype=np.int64)
+    start = np.array(prim.start).reshape(n, 3)
+    dirs = np.array(prim.dir).reshape(n, 3)
+    T = np.array(prim.T)
+    shift = np.array(prim.shift)
+    cosmic = np.array(prim.cosmic, bool)
+    max_len = np.array(prim.max_len)
+    cluster = np.arange(n, dtype=np.int32)
+    next_id = n
+    deps: list[Deposits] = []
+
+    is_track = np.isin(np.abs(pdg), (13, 211, 2212))
+    ti = np.flatnonzero(is_track)
+    mass = np.array([ph.PDG_MASS[int(p)] for p in pdg[ti]])
+    step = np.where(pdg[ti] == 2212, 0.15, 0.3)
+    steps = propagate_tracks(rng, start[ti], dirs[ti], T[ti], mass, step, lo, hi, max_len[ti])
+    tlabel = np.where(pdg[ti] == 2212, HIP, MIP).astype(np.uint8)
+    deps.append(Deposits.from_steps(rng, steps, tlabel, cluster[ti], shift[ti], 0.12))
+
+    # delta rays off muons and pions: dN/dx = K/2 Z/A rho / beta^2 (1/Tmin - 1/Tmax)
+    em_start, em_dir, em_E, em_photon, em_label, em_cluster, em_shift, em_pdg, em_parent = ([] for _ in range(9))
+    light = mass[steps.owner] < 500.0 if steps.owner.size else np.zeros(0, bool)
+    if light.any():
+        sidx = np.flatnonzero(light)
+        m_s = mass[steps.owner[sidx]]
+        Ts = steps.energy[sidx]
+        tmax = np.minimum(ph.delta_tmax(Ts, m_s), Ts)
+        gamma = 1 + Ts / m_s
+        b2 = 1 - 1 / (gamma * gamma)
+        lam = np.where(tmax > DELTA_TMIN, 0.0966 / b2 * (1 / DELTA_TMIN - 1 / np.maximum(tmax, DELTA_TMIN)), 0.0)
+        cnt = rng.poisson(lam * steps.length[sidx])
+        sel = np.repeat(sidx, cnt)
+        if sel.size:
+            tm = np.repeat(tmax, cnt)
+            u = rng.random(sel.size)
+            Td = 1.0 / (1.0 / DELTA_TMIN - u * (1.0 / DELTA_TMIN - 1.0 / tm))
+            pos = steps.start[sel] + steps.vec[sel] * rng.random(sel.size)[:, None]
+            d0 = steps.vec[sel] / np.maximum(steps.length[sel], 1e-9)[:, None]
+            cth = np.clip(np.sqrt(Td / (Td + 2 * ph.M_E)) * np.sqrt((tm + 2 * ph.M_E) / tm), -1, 1)
+            dd = ph.rotate_by(d0, cth, rng.uniform(0, 2 * np.pi, sel.size))
+            owner = ti[steps.owner[sel]]
+            k = sel.size
+            em_start.append(pos); em_dir.append(dd); em_E.append(Td); em_photon.append(np.zeros(k, bool))
+            em_label.append(np.full(k, DELTA, np.uint8)); em_cluster.append(np.arange(next_id, next_id + k, dtype=np.int32))
+            em_shift.append(shift[owner]); em_pdg.append(np.full(k, 11)); em_parent += [f"delta:{c}" for c in cluster[owner]]
+            next_id += k
+
+    # Michel electrons from stopped mu+ (always), mu- (1/4 escape capture) and pi+ (via mu+)
+    tp = pdg[ti]
+    cont = steps.contained
+    decay = cont & ((tp == -13) | (tp == 211) | ((tp == 13) & (rng.random(ti.size) < 0.25)))
+    di = np.flatnonzero(decay)
+    mich_pts = steps.end[di]
+    mich_shift = shift[ti[di]]
+    if di.size:
+        k = di.size
+        em_start.append(mich_pts); em_dir.append(ph.random_directions(rng, k))
+        em_E.append(np.maximum(ph.sample_michel_energy(rng, k) - ph.M_E, 0.5)); em_photon.append(np.zeros(k, bool))
+        em_label.append(np.full(k, MICHEL, np.uint8)); em_cluster.append(np.arange(next_id, next_id + k, dtype=np.int32))
+        em_shift.append(mich_shift); em_pdg.append(np.full(k, 11)); em_parent += [f"michel:{c}" for c in cluster[ti[di]]]
+        next_id += k
+
+    # primary electrons and photons
+    ei = np.flatnonzero(np.isin(np.abs(pdg), (11, 22)))
+    if ei.size:
+        em_start.append(start[ei]); em_dir.append(dirs[ei]); em_E.append(T[ei]); em_photon.append(pdg[ei] == 22)
+        em_label.append(np.full(ei.size, SHOWER, np.uint8)); em_cluster.append(cluster[ei])
+        em_shift.append(shift[ei]); em_pdg.append(pdg[ei]); em_parent += [prim.parent[i] for i in ei]
+
+    if em_start:
+        cat = np.concatenate
+        es, ed, eE = cat(em_start), cat(em_dir), cat(em_E)
+        res = cascade(rng, es, ed, eE, cat(em_photon), cat(em_label), cat(em_cluster), cat(em_shift), lo, hi)
+        deps.append(res.deposits)
+        em = dict(pdg=cat(em_pdg), label=cat(em_label), cluster=cat(em_cluster), origin=es,
+                  vis=res.visible_start, shift=cat(em_shift))
+        conv, conv_shift = res.conversion_vertices, res.conversion_shift
+    else:
+        em = dict(pdg=np.zeros(0, np.int64), label=np.zeros(0, np.uint8), cluster=np.zeros(0, np.int32),
+                  origin=np.zeros((0, 3)), vis=np.zeros((0, 3)), shift=np.zeros(0))
+        conv, conv_shift = np.zeros((0, 3)), np.zeros(0)
+
+    # vertices: the interaction vertex, muon decay points, photon conversion points
+    vtx = np.asarray(vertex, float).reshape(-1, 3)
+    v3 = np.concatenate([vtx, mich_pts, conv])
+    vs = np.concatenate([np.zeros(len(vtx)), mich_shift, conv_shift])
+    truth = Truth(
+        topology, vtx[0], pdg[ti], cluster[ti], start[ti], steps.end, steps.contained, shift[ti], cosmic[ti],
+        em["pdg"], em["label"], em["cluster"], em["origin"], em["vis"], em["shift"], em_parent, v3, vs,
+    )
+    return Deposits.concat(deps), truth
+
+
+# ----------------------------------------------------------------------------- interactions
+
+
+def _check_preset(preset: str) -> Preset:
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid choices: {', '.join(PRESETS)}")
+    return PRESETS[preset]
+
+
+def _check_int(name: str, v) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+    if v < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {v}")
+    return int(v)
+
+
+def _choose(rng, table):
+    names = [t[0] for t in table]
+    p = np.array([t[1] for t in table], float)
+    return names[int(rng.choice(len(names), p=p / p.sum()))]
+
+
+def _crop_windows(rng, vertex, size):
+    """(row0, wire0) per plane: a size x size window holding the vertex, jittered."""
+    jr = int(rng.integers(-size // 4, size // 4 + 1))
+    out = []
+    for p in PLANES:
+        rw = project_points(vertex[None], p)[0]
+        jw = int(rng.integers(-size // 4, size // 4 + 1))
+        r0 = int(np.clip(np.floor(rw[0]) - size // 2 + jr, 0, N_ROWS - size))
+        w0 = int(np.clip(np.floor(rw[1]) - size // 2 + jw, 0, p.n_wires - size))
+        out.append((r0, w0))
+    return out
+
+
+def _cosmics_hitting_windows(entry, dirs, chord, shift, windows, size, margin=24.0):
+    """Which straight cosmic chords cross at least one crop window (in any plane)."""
+    exit_ = entry + dirs * chord[:, None]
+    hit = np.zeros(entry.shape[0], bool)
+    for p, (r0, w0) in zip(PLANES, windows):
+        a = project_points(entry, p, shift)
+        b = project_points(exit_, p, shift)
+        lo = np.array([r0 - margin, w0 - margin])
+        hi = np.array([r0 + size + margin, w0 + size + margin])
+        t_in, t_out = clip_lines_to_box(a, b - a, lo, hi)
+        hit |= t_in < np.minimum(t_out, 1.0)
+    return hit
+
+
+def simulate_full(preset: str, seed: int, index: int) -> tuple[list[Event], Truth]:
+    """Simulate one interaction; returns its Events and the generator truth."""
+    pre = _check_preset(preset)
+    seed = _check_int("seed", seed)
+    index = _check_int("index", index)
+    ss = np.random.SeedSequence([seed, index])
+    rng, rng_cos, rng_det = (np.random.default_rng(s) for s in ss.spawn(3))
+    prim = Primaries()
+    if pre.ndim == 3:
+        # several independent interactions per volume, as in PILArNet
+        lo, hi = CUBE_LO, CUBE_HI
+        n_int = 1 + min(int(rng.poisson(1.5)), 4)
+        topos, verts = [], []
+        for _ in range(n_int):
+            topos.append(_choose(rng, pre.topologies))
+            verts.append(rng.uniform(lo + 40.0, hi - 40.0))
+            _neutrino(rng, topos[-1], verts[-1], prim)
+        topology = "+".join(topos)
+        vertex = np.array(verts)
+    else:
+        lo, hi = TPC_LO, TPC_HI
+        topology = _choose(rng, pre.topologies)
+        vertex = rng.uniform(TPC_LO + [15.0, 16.0, 30.0], TPC_HI - [15.0, 16.0, 40.0])
+        _neutrino(rng, topology, vertex, prim)
+    windows = _crop_windows(rng, vertex, pre.crop) if pre.crop else None
+
+    n_cos = int(rng_cos.poisson(pre.cosmic_mean))
+    if n_cos:
+        entry, cdirs, cT, cpdg, chord = sample_cosmics(rng_cos, n_cos, lo, hi)
+        if pre.ndim == 2:
+            cshift = rng_cos.uniform(*COSMIC_SHIFT_RANGE, n_cos)
+        else:
+            cshift = np.zeros(n_cos)
+        use = np.ones(n_cos, bool)
+        if windows is not None:
+            use = _cosmics_hitting_windows(entry, cdirs, chord, cshift, windows, pre.crop)
+        for i in np.flatnonzero(use):
+            prim.add(cpdg[i], entry[i], cdirs[i], cT[i], cshift[i], cosmic=True, max_len=chord[i] + 10.0, parent="cosmic")
+
+    deps, truth = _run_physics(rng, prim, lo, hi, topology, vertex)
+    truth.windows = windows or []
+    meta = {"event_id": index, "preset": pre.name, "seed": seed, "topology": topology}
+    if pre.ndim == 3:
+        pts = charge_points(rng_det, deps, diffuse=False)
+        r = render_voxels(pts)
+        verts = (truth.vertices3d / VOXEL_CM - 0.5).astype(np.float32)
+        ev = Event(r.coords, r.adc, pre.shapes[0], r.labels, r.clusters, verts, dict(meta, plane="3D"))
+        return [ev], truth
+    pts = charge_points(rng_det, deps, diffuse=True)
+    events = []
+    for k, p in enumerate(PLANES):
+        shape = pre.shapes[k]
+        r0, w0 = windows[k] if windows else (0, 0)
+        r = render_plane(rng_det, pts, p, r0, w0, shape[0], shape[1], pre.noise_adc[k], pre.dead_fraction)
+        v = project_points(truth.vertices3d, p, truth.vertex_shift) - 0.5 - np.array([r0, w0])
+        ev = Event(r.coords, r.adc, shape, r.labels, r.clusters, v.astype(np.float32),
+                   dict(meta, plane=PLANE_NAMES[k]))
+        events.append(ev)
+    return events, truth
+
+
+def simulate_interaction(preset: str, seed: int, index: int) -> list[Event]:
+    """Simulate interaction ``index`` of the stream ``seed``.
+
+    2D presets ("uboone", "crop512") give three Events, planes U, V, Y in that order;
+    "pilarnet" gives one 3D Event. The result depends only on (preset, seed, index).
+    """
+    return simulate_full(preset, seed, index)[0]
+
+
+def simulate(preset: str, n: int, seed: int, start: int = 0) -> Iterator[Event]:
+    """Yield the Events of interactions start .. start + n - 1, in order."""
+    _check_preset(preset)
+    n = _check_int("n", n)
+    seed = _check_int("seed", seed)
+    start = _check_int("start", start)
+
+    def gen():
+        for i in range(start, start + n):
+            yield from simulate_interaction(preset, seed, i)
+
+    return gen()
