@@ -15,10 +15,38 @@ def _uresnet(**kwargs) -> nn.Module:
     return build_uresnet(**kwargs)
 
 
+def _roi(name: str) -> Callable[..., nn.Module]:
+    def build(**kwargs) -> nn.Module:
+        from .unet import build_roi_model
+
+        return build_roi_model(name, **kwargs)
+
+    build.__name__ = f"_{name.replace('-', '_')}"
+    return build
+
+
+def _cvn(**kwargs) -> nn.Module:
+    from .cvn import build_cvn
+
+    return build_cvn(**kwargs)
+
+
+def _uresnet_dense(**kwargs) -> nn.Module:
+    from .dense_uresnet import build_dense_uresnet
+
+    return build_dense_uresnet(**kwargs)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "uresnet": _uresnet,
+    "uresnet-dense": _uresnet_dense,
+    "roi-unet": _roi("roi-unet"),
+    "roi-mobilenetv2": _roi("roi-mobilenetv2"),
+    "roi-mobilenetv3": _roi("roi-mobilenetv3"),
+    "roi-transformer": _roi("roi-transformer"),
+    "cvn": _cvn,
 }
-"""name -> builder(**kwargs). Sparse models take lists of Events."""
+"""name -> builder(**kwargs). Sparse models take lists of Events; dense ones (B, C, H, W) tensors."""
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
