@@ -41,6 +41,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": 0,
         "threads": 0,
         "device": "cpu",
+        "init": None,  # checkpoint whose model weights start the run (fine-tuning); optimizer and step start fresh
     },
     "weights": {
         "cluster": True,

@@ -127,11 +127,13 @@ def predict_file(path: str, output: str, predictor: Predictor, progress: bool = 
     from tqdm import tqdm
 
     from .io import EventFile, EventWriter
+    from .io.h5 import _RESERVED_ATTRS
 
     t0 = time.perf_counter()
     times: list[float] = []
     with EventFile(path) as f:
-        attrs = {k: v for k, v in f.attrs.items() if isinstance(v, (int, float, str))}
+        attrs = {k: v for k, v in f.attrs.items()
+                 if isinstance(v, (int, float, str)) and k not in _RESERVED_ATTRS}
         attrs["source_file"] = str(Path(path).name)
         attrs["min_scores"] = ";".join(f"{CLASS_NAMES[c]}={s}" for c, s in sorted(predictor.min_scores.items()))
         if len(f):

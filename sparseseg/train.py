@@ -103,6 +103,19 @@ def _labels(events) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([e.labels for e in events]).astype(np.int64))
 
 
+def init_weights(model: torch.nn.Module, path) -> None:
+    """Start from the model weights of checkpoint ``path`` (train.init); shapes must match."""
+    ckpt = checkpoint.load(path)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    own = model.state_dict()
+    bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    if bad or set(state) - set(own):
+        raise ValueError(f"train.init: weights file {path} does not fit the configured model "
+                         f"(first mismatch: {(bad or sorted(set(state) - set(own)))[0]}); "
+                         "use the same model section as the run that wrote it")
+    model.load_state_dict(state)
+
+
 # --------------------------------------------------------------------------- schedule
 def learning_rate(step: int, t: dict) -> float:
     base, warm, total = float(t["lr"]), int(t["warmup_steps"]), int(t["max_steps"])
@@ -237,10 +250,13 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
         best = ckpt.get("best", best)
         stale = int(ckpt.get("stale", 0))
         log = _read_log(out / "metrics.jsonl", start)
-    elif rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if ckpt_path.exists():
-            raise FileExistsError(f"{out} already holds a training run; use --resume to continue it or pick another --out")
+    else:
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            if ckpt_path.exists():
+                raise FileExistsError(f"{out} already holds a training run; use --resume to continue it or pick another --out")
+        if t["init"]:
+            init_weights(model, t["init"])
     net = model
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(model)
