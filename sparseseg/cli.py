@@ -270,6 +270,24 @@ def cmd_roi_eval(args) -> None:
         print(f"wrote {f}")
 
 
+def cmd_bench(args) -> None:
+    from .bench import DEFAULT_MODELS, format_markdown, plot_scaling, run
+
+    models = [m.strip() for m in args.models.split(",")] if args.models else list(DEFAULT_MODELS)
+    res = run(models, threads=args.threads, reps=args.reps, device=args.device, scaling=not args.no_scaling)
+    text = format_markdown(res)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+        print(f"wrote {args.json}")
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+        print(f"wrote {args.markdown}")
+    if args.plot and "scaling" in res:
+        plot_scaling(res, args.plot)
+        print(f"wrote {args.plot}")
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparseseg", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -373,6 +391,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="roi_eval", help="folder for roi_metrics.json, roi_tables.txt and plots")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress")
     s.set_defaults(func=cmd_roi_eval)
+
+    s = sub.add_parser("bench", help="time and peak memory per model, sparse vs dense, cost vs occupancy",
+                       description="Benchmark models on full-size inputs (a uboone Y plane and 3-plane event, a pilarnet "
+                                   "volume, a full ROI plane, 3 x 500 x 500 CVN views), each in a fresh process: median time "
+                                   "after a warm-up and peak memory above a no-model baseline. Also: dense/sparse ratios on "
+                                   "the same Y plane, FLOP/s against a torch.mm peak, and sparse time vs occupancy.")
+    s.add_argument("--models", help="comma-separated subset (default: all but uresnet2d-bf16); "
+                                     "names: uresnet2d, uresnet2d-bf16, uresnet2d-dense, uresnet3d, roi-unet, "
+                                     "roi-mobilenetv2, roi-mobilenetv3, roi-transformer, cvn")
+    s.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    s.add_argument("--reps", type=int, default=5, help="timed repetitions after the warm-up (default: 5)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.add_argument("--no-scaling", action="store_true", help="skip the occupancy scan")
+    s.add_argument("--json", help="write all figures as JSON here")
+    s.add_argument("--markdown", help="write the tables as Markdown here")
+    s.add_argument("--plot", help="write the occupancy-scaling plot (PNG) here")
+    s.set_defaults(func=cmd_bench)
     return p
 
 
