@@ -1,0 +1,112 @@
+"""Does memory stay flat over a long run? Predict many simulated uboone events in one process
+and record the resident memory (RSS) after each.
+
+    python scripts/memory_longrun.py --model uresnet -n 1000               # sparse 2D UResNet
+    python scripts/memory_longrun.py --model roi-mobilenetv3 -n 1000       # a dense model
+    python scripts/memory_longrun.py --model all -n 1000 --json mem.json   # every model, one process each
+
+Sparse models segment all three planes of each event (shapes vary with every event: new
+rulebooks each time). Dense models get an input whose size varies from event to event as well
+(the event's active wire range, for oneDNN's shape-keyed caches): ROI models a 3 x W x 600
+map, the dense UResNet twin a W x 1008 crop of the Y plane, the CVN 3 x 500 x 500 views.
+Reports RSS at event 100 and at the end and their difference (the target is < 50 MB).
+Weights are random (memory does not depend on their values) unless --weights is given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+DENSE = ("roi-unet", "roi-mobilenetv2", "roi-mobilenetv3", "roi-transformer", "cvn", "uresnet-dense")
+
+
+def rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def one(model_name: str, n: int, seed: int, weights: str | None, threads: int) -> dict:
+    import torch
+
+    from sparseseg.models import build_model
+    from sparseseg.simulate import simulate_interaction
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    if weights:
+        from sparseseg.checkpoint import load_model
+
+        model, _ = load_model(weights)
+    else:
+        model = build_model(model_name, **({"dim": 2} if model_name.startswith("uresnet") else {}))
+    model.eval()
+    rss, t0 = [], time.perf_counter()
+    with torch.no_grad():
+        for k in range(n):
+            planes = simulate_interaction("uboone", seed, k)
+            if model_name == "uresnet":
+                model(planes)
+            else:
+                wires = planes[2].coords[:, 1]
+                width = int(np.clip(wires.max() - wires.min() + 1 if len(wires) else 64, 64, 2400))
+                if model_name == "cvn":
+                    x = torch.rand(1, 3, 500, 500) * 50
+                elif model_name == "uresnet-dense":
+                    x = torch.rand(1, 1, width, 1008)
+                else:
+                    x = torch.rand(1, 3, width, 600)
+                model(x)
+            rss.append(rss_mb())
+            if (k + 1) % 50 == 0:
+                print(f"{model_name}: event {k + 1}/{n}, RSS {rss[-1]:.0f} MB, {time.perf_counter() - t0:.0f} s",
+                      file=sys.stderr, flush=True)
+    ref = min(100, n) - 1
+    return {"model": model_name, "events": n, "rss_mb_at_100": rss[ref], "rss_mb_at_end": rss[-1],
+            "growth_mb": rss[-1] - rss[ref], "rss_mb_max": max(rss), "rss_mb": rss[::10],
+            "wall_s": time.perf_counter() - t0, "seed": seed}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="uresnet", help="uresnet, a dense model name, or 'all'")
+    p.add_argument("-n", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=4242)
+    p.add_argument("--weights")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    if args.model == "all":  # one fresh process per model
+        import tempfile
+
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for m in ("uresnet",) + DENSE:
+                js = f"{tmp}/{m}.json"
+                cmd = [sys.executable, __file__, "--model", m, "-n", str(args.n), "--seed", str(args.seed),
+                       "--threads", str(args.threads), "--json", js]
+                out = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                rows.append(json.load(open(js)) if out.returncode == 0 else {"model": m, "error": out.stderr.strip()[-300:]})
+    else:
+        rows = one(args.model, args.n, args.seed, args.weights, args.threads)
+    for r in rows if isinstance(rows, list) else [rows]:
+        if "error" in r:
+            print(f"{r['model']:>16}: error {r['error']}")
+        else:
+            print(f"{r['model']:>16}: RSS {r['rss_mb_at_100']:.0f} MB at event 100, {r['rss_mb_at_end']:.0f} MB at "
+                  f"event {r['events']}: growth {r['growth_mb']:+.1f} MB ({r['wall_s']:.0f} s)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
