@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/sparseseg demo --out demo
 
+bench: $(STAMP)
+	mkdir -p runs
+	$(BIN)/sparseseg bench --threads 2 --json runs/bench.json --markdown runs/bench.md --plot runs/bench_scaling.png
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
