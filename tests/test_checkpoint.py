@@ -1,0 +1,69 @@
+"""Weight files: every way a checkpoint can be wrong gives a one-line error naming the file."""
+import numpy as np
+import pytest
+import torch
+
+from sparseseg import checkpoint
+from sparseseg.cli import main
+from sparseseg.models import build_model
+
+TINY = {"name": "uresnet", "dim": 2, "depth": 2, "filters": 4, "reps": 1}
+CLASSES = ["HIP", "MIP", "shower", "delta", "Michel"]
+
+
+def _save(path, model_cfg=TINY, classes=CLASSES, state=None):
+    cfg = dict(model_cfg)
+    if state is None:
+        state = build_model(cfg.pop("name"), **cfg).state_dict()
+    checkpoint.save(path, {"model": state, "config": {"model": dict(model_cfg)}, "classes": classes, "version": "t"})
+    return path
+
+
+def _err(path, **kw):
+    with pytest.raises(ValueError) as e:
+        checkpoint.load_model(path, **kw)
+    return str(e.value)
+
+
+def test_round_trip_and_fp16_slim(tmp_path):
+    p = _save(tmp_path / "w.pt")
+    model, ckpt = checkpoint.load_model(p, dim=2)
+    slim = checkpoint.slim(ckpt)
+    assert all(v.dtype == torch.float16 for v in slim["model"].values() if v.is_floating_point())
+    half = checkpoint.build_from(slim)
+    for (k, a), b in zip(model.state_dict().items(), half.state_dict().values()):
+        assert b.dtype == a.dtype  # loaded back as float32 (integer buffers untouched)
+        torch.testing.assert_close(b, a.half().float() if a.is_floating_point() else a, msg=k)
+
+
+def test_bad_weight_files(tmp_path):
+    p = tmp_path / "w.pt"
+    assert _err(_save(p, classes=["track", "shower"])) == \
+        f"weights file {p}: trained for classes ('track', 'shower'), this sparseseg uses {tuple(CLASSES)}"
+    assert _err(_save(p, dict(TINY, name="nope"), state={})).startswith("unknown model 'nope'; available: cvn, roi-mobilenetv2")
+    assert _err(_save(p), dim=3) == f"weights file {p}: model is 2D but the input events are 3D"
+    other = build_model("uresnet", dim=2, depth=2, filters=8, reps=1).state_dict()
+    assert _err(_save(p, state=other)).startswith(f"weights file {p}: weights do not fit model 'uresnet' (")
+    torch.save([1, 2], p)
+    assert _err(p) == f"weights file {p}: expected a checkpoint dict, got list"
+    torch.save({"model": {}}, p)
+    assert _err(p) == f"weights file {p}: not a sparseseg checkpoint (missing config, classes, version)"
+    p.write_bytes(b"\x00garbage" * 10)
+    assert _err(p).startswith(f"weights file {p}: cannot be read as a checkpoint (")
+    good = _save(tmp_path / "g.pt").read_bytes()
+    p.write_bytes(good[: len(good) // 2])  # truncated
+    assert _err(p).startswith(f"weights file {p}: cannot be read as a checkpoint (")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        checkpoint.load_model(tmp_path / "missing.pt")
+
+
+def test_train_config_errors_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  batch_sise: 4\n")
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "config: unknown key train.batch_sise" in err and len(err.strip().splitlines()) == 1
+    cfg.write_text("model:\n  name: resnet\n")
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r2")]) == 2
+    assert "unknown model 'resnet'" in capsys.readouterr().err
+    assert not (tmp_path / "r2" / "checkpoint.pt").exists()
