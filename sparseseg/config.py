@@ -41,6 +41,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": 0,
         "threads": 0,
         "device": "cpu",
+        "accumulate": 1,  # micro-batches of batch_size summed per optimizer step
+        "precision": "fp32",  # fp32 | bf16 (torch.autocast)
         "init": None,  # checkpoint whose model weights start the run (fine-tuning); optimizer and step start fresh
     },
     "weights": {
@@ -88,12 +90,17 @@ def resolve(user: dict | None) -> dict:
         raise ValueError(f"config: train.optimizer {t['optimizer']!r} unknown; expected one of {', '.join(OPTIMIZERS)}")
     if t["schedule"] not in SCHEDULES:
         raise ValueError(f"config: train.schedule {t['schedule']!r} unknown; expected one of {', '.join(SCHEDULES)}")
-    for key in ("batch_size", "max_steps", "val_every", "log_every", "checkpoint_every"):
+    if t["precision"] not in PRECISIONS:
+        raise ValueError(f"config: train.precision {t['precision']!r} unknown; expected one of {', '.join(PRECISIONS)}")
+    for key in ("batch_size", "max_steps", "val_every", "log_every", "checkpoint_every", "accumulate"):
         if not isinstance(t[key], int) or t[key] < 1:
             raise ValueError(f"config: train.{key} must be a positive integer, got {t[key]!r}")
     if d["simulate"] is None and not d["train"]:
         raise ValueError("config: set data.simulate to a simulator preset or data.train to HDF5 file(s)")
     return cfg
+
+
+PRECISIONS = ("fp32", "bf16")
 
 
 def load(path: str | Path) -> dict:

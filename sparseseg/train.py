@@ -6,6 +6,7 @@ same bit for bit on CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -82,17 +83,23 @@ class ImageSource:
 class StepBatches(torch.utils.data.Dataset):
     """Item s = (events, pixel weights) of training step s on this rank."""
 
-    def __init__(self, source: ImageSource, batch_size: int, weight_cfg: WeightConfig, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, source: ImageSource, batch_size: int, weight_cfg: WeightConfig, rank: int = 0, world: int = 1,
+                 accumulate: int = 1) -> None:
         self.source, self.batch_size, self.weight_cfg = source, batch_size, weight_cfg
+        self.accumulate = int(accumulate)
         self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         return 2**62
 
     def __getitem__(self, step: int):
-        first = (step * self.world + self.rank) * self.batch_size
-        events = [self.source.get(first + b) for b in range(self.batch_size)]
-        return events, pixel_weights(events, self.weight_cfg)
+        """The ``accumulate`` micro-batches of step ``step``: a list of (events, weights)."""
+        out = []
+        for j in range(self.accumulate):
+            first = ((step * self.world + self.rank) * self.accumulate + j) * self.batch_size
+            events = [self.source.get(first + b) for b in range(self.batch_size)]
+            out.append((events, pixel_weights(events, self.weight_cfg)))
+        return out
 
 
 def _identity(x):
@@ -114,6 +121,48 @@ def init_weights(model: torch.nn.Module, path) -> None:
                          f"(first mismatch: {(bad or sorted(set(state) - set(own)))[0]}); "
                          "use the same model section as the run that wrote it")
     model.load_state_dict(state)
+
+
+def accumulated_step(net, micro_batches, device, precision: str = "fp32", sync=None):
+    """Forward and backward over micro-batches [(events, weights), ...] so that the summed
+    gradient equals that of one batch holding all of them: each micro-batch's weighted mean
+    loss is scaled by its share of the step's total pixel weight. ``sync`` (DDP's ``no_sync``)
+    skips the gradient all-reduce on all but the last micro-batch.
+    Returns (loss of the whole step, pixel accuracy)."""
+    parts = []
+    for events, weights in micro_batches:
+        labels = _labels(events).to(device)
+        w = torch.from_numpy(weights).to(device)
+        parts.append((events, labels, w, float((w * (labels != IGNORE)).sum())))
+    total = sum(p[3] for p in parts) or 1.0
+    loss_sum, correct, counted = 0.0, 0, 0
+    for i, (events, labels, w, share) in enumerate(parts):
+        ctx = sync() if sync is not None and i < len(parts) - 1 else contextlib.nullcontext()
+        with ctx:
+            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                                enabled=precision == "bf16"):
+                logits = net(events)
+            loss = weighted_cross_entropy(logits.float(), labels, w) * (share / total)
+            loss.backward()
+        loss_sum += float(loss.detach())
+        with torch.no_grad():
+            valid = labels != IGNORE
+            correct += int((logits.argmax(1)[valid] == labels[valid]).sum())
+            counted += int(valid.sum())
+    return loss_sum, correct / max(1, counted)
+
+
+def memory_record(device) -> dict[str, float]:
+    """Peak memory so far: RSS on CPU; allocated and reserved on CUDA (peaks then reset, so
+    each log interval reports its own)."""
+    import resource
+
+    rec = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if torch.device(device).type == "cuda":
+        rec["max_memory_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        rec["max_memory_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+    return rec
 
 
 # --------------------------------------------------------------------------- schedule
@@ -263,7 +312,7 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
 
     wcfg = WeightConfig(**{k: v for k, v in cfg["weights"].items()})
     source = ImageSource(cfg["data"])
-    batches = StepBatches(source, t["batch_size"], wcfg, rank, world)
+    batches = StepBatches(source, t["batch_size"], wcfg, rank, world, t["accumulate"])
     workers = int(cfg["data"]["num_workers"])
     loader = torch.utils.data.DataLoader(
         batches, batch_size=None, sampler=range(start, t["max_steps"]), num_workers=workers,
@@ -295,29 +344,24 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
     tic = time.perf_counter()
     step = start
     stop = False
-    for step, (events, weights) in zip(range(start, t["max_steps"]), loader):
+    for step, micro_batches in zip(range(start, t["max_steps"]), loader):
         t_data += time.perf_counter() - tic
         tic = time.perf_counter()
         for g in optimizer.param_groups:
             g["lr"] = learning_rate(step, t)
         net.train()
-        labels = _labels(events).to(device)
-        logits = net(events)
-        loss = weighted_cross_entropy(logits, labels, torch.from_numpy(weights).to(device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, acc = accumulated_step(net, micro_batches, device, t["precision"],
+                                     net.no_sync if distributed else None)
         optimizer.step()
-        with torch.no_grad():
-            valid = labels != IGNORE
-            acc = float((logits.argmax(1)[valid] == labels[valid]).float().mean()) if valid.any() else 0.0
-        run_loss += float(loss.detach())
+        run_loss += loss
         run_acc += acc
         run_n += 1
         t_step += time.perf_counter() - tic
         done = step + 1
         if done % t["log_every"] == 0 or done == t["max_steps"]:
             rec = {"step": done, "loss": run_loss / run_n, "accuracy": run_acc / run_n,
-                   "lr": learning_rate(step, t), "time_data_s": t_data / run_n, "time_step_s": t_step / run_n}
+                   "lr": learning_rate(step, t), "time_data_s": t_data / run_n, "time_step_s": t_step / run_n, **memory_record(device)}
             if rank == 0:
                 log.append(rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['accuracy']:.3f}")
