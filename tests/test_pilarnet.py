@@ -194,3 +194,44 @@ def test_convert_to_event_file(v2_file, tmp_path):
             np.testing.assert_array_equal(a.labels, b.labels)
             np.testing.assert_array_equal(a.clusters, b.clusters)
             assert a.meta == b.meta
+
+
+def _worker_pids(batch):
+    import os
+
+    return [(os.getpid(), ev.meta.get("event_id"), len(ev)) for ev in batch]
+
+
+def test_many_files_through_dataloader_workers(tmp_path):
+    """A PILArNet-M-layout file set served by EventDataset: lazy, per-worker handles,
+    shuffled across files, every event exactly once per epoch."""
+    import torch
+
+    from sparseseg.io import EventDataset
+
+    rng = np.random.default_rng(0)
+    sizes = []
+    paths = []
+    for k in range(3):
+        events = []
+        for i in range(4 + k):
+            n = int(rng.integers(1, 30))
+            lin = rng.choice(700**3, n, replace=False)
+            xyz = np.stack(np.unravel_index(lin, (700, 700, 700)), 1)
+            pts = np.zeros((n, 8), np.float32)
+            pts[:, :3] = xyz
+            pts[:, 3] = rng.uniform(0.1, 5, n)
+            events.append((pts, np.array([[n, 0, 0, 0, 1, 2]], np.int64)))  # one muon track
+            sizes.append(n)
+        paths.append(str(tmp_path / f"part{k}.h5"))
+        write_pilarnet(paths[-1], events)
+    ds = EventDataset(paths)
+    assert len(ds) == 4 + 5 + 6 and not ds._files  # nothing held open up front
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True, num_workers=2, collate_fn=_worker_pids,
+                                         generator=torch.Generator().manual_seed(0))
+    seen = [row for batch in loader for row in batch]
+    assert sorted(n for _, _, n in seen) == sorted(sizes)  # each event once
+    assert len({pid for pid, _, _ in seen}) == 2  # both workers read, each with its own handles
+    order = [n for _, _, n in seen]
+    assert order != sizes  # shuffled across files
+    assert all(ds[i].labels.tolist() == [1] * sizes[i] for i in range(len(ds)))  # muon track -> MIP

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .h5 import FORMAT_NAME, FORMAT_VERSION, EventFile, EventWriter, write_events
+from .h5 import FORMAT_NAME, FORMAT_VERSION, EventFile, EventWriter, open_event_file, write_events
 from .pilarnet import PilarnetFile, read_pilarnet
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "write_events",
     "EventWriter",
     "EventFile",
+    "open_event_file",
     "EventDataset",
     "read_pilarnet",
     "PilarnetFile",

@@ -992,6 +992,24 @@ class EventFile:
 
 
 # ---------------------------------------------------------------------------- torch dataset
+def open_event_file(path: str | os.PathLike, *, validate: bool = True):
+    """Open an event file of either kind: a sparseseg file (:class:`EventFile`) or a public
+    PILArNet-M file (:class:`~sparseseg.io.pilarnet.PilarnetFile`, recognised by its
+    ``/point`` dataset and no sparseseg format attribute). Both give ``len`` and ``[i]`` -> Event."""
+    path = os.fspath(path)
+    if os.path.exists(path):
+        try:
+            with h5py.File(path, "r") as h:
+                pilarnet = "point" in h and "format" not in h.attrs
+        except OSError:
+            pilarnet = False  # EventFile reports the damage
+        if pilarnet:
+            from .pilarnet import PilarnetFile
+
+            return PilarnetFile(path)
+    return EventFile(path, validate=validate)
+
+
 _dataset_class: type | None = None
 
 
@@ -1004,6 +1022,10 @@ def _make_dataset_class() -> type:
 
     class EventDataset(torch.utils.data.Dataset):
         """Events of one or more files as a map-style torch Dataset (items are :class:`Event`).
+
+        Files may be sparseseg event files or public PILArNet-M files (see
+        :func:`open_event_file`); only the per-file event counts are read up front, events are
+        read when indexed, so a file set of any size is served without loading it.
 
         The files are opened lazily and per process (the opener's pid is remembered), so each
         DataLoader worker opens its own handles after the fork. Batch with a ``collate_fn`` that
@@ -1021,7 +1043,7 @@ def _make_dataset_class() -> type:
                 raise ValueError("EventDataset: no files given")
             lengths = []
             for p in self.paths:
-                with EventFile(p) as f:
+                with open_event_file(p, validate=validate) as f:
                     lengths.append(len(f))
             self.lengths = np.asarray(lengths, dtype=np.int64)
             self.cumulative = np.cumsum(self.lengths)
@@ -1049,7 +1071,7 @@ def _make_dataset_class() -> type:
                 self._pid = pid
             f = self._files.get(k)
             if f is None:
-                f = self._files[k] = EventFile(self.paths[k], validate=self.validate)
+                f = self._files[k] = open_event_file(self.paths[k], validate=self.validate)
             return f
 
         def __getitem__(self, idx: int) -> Event:
