@@ -158,7 +158,8 @@ def cmd_predict(args) -> None:
     if args.threads:
         torch_threads(args.threads)
     pairs = output_paths(args.inputs, args.output, parse_shard(args.shard))
-    predictor = Predictor(weights=args.weights, device=args.device, min_scores=parse_min_scores(args.min_score))
+    predictor = Predictor(weights=args.weights, device=args.device, min_scores=parse_min_scores(args.min_score),
+                          precision=args.precision)
     for inp, out in pairs:
         r = predict_file(inp, out, predictor, progress=not args.quiet)
         note = f" (resumed after {r['resumed_from']} images)" if r["resumed_from"] else ""
@@ -342,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="cpu or cuda")
     s.add_argument("--min-score", action="append", metavar="CLASS=SCORE",
                    help="reassign pixels whose best class is CLASS but score < SCORE to their next class (repeatable)")
+    s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: sparse-convolution GEMMs in bfloat16 on CPU (faster on AVX512-BF16/AMX CPUs; "
+                        "`sparseseg bench --models uresnet2d-bf16` prints its agreement with fp32)")
     s.add_argument("--shard", metavar="K/N", help="process only input files i with i %% N == K (batch arrays)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_predict)

@@ -78,7 +78,14 @@ class Predictor:
     weights: str | None = None
     device: str = "cpu"
     min_scores: dict[int, float] = field(default_factory=dict)
+    precision: str = "fp32"
+    """fp32, or bf16: the sparse convolutions' GEMMs in bfloat16 on CPU (accumulating in fp32);
+    worth it only on CPUs with AVX512-BF16/AMX. ``sparseseg bench`` prints its agreement."""
     _models: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision {self.precision!r} unknown; expected fp32 or bf16")
 
     def model(self, dim: int):
         if dim not in self._models:
@@ -100,8 +107,14 @@ class Predictor:
         out = [np.zeros((len(ev), len(CLASS_NAMES)), np.float32) for ev in events]
         keep = [i for i, ev in enumerate(events) if len(ev)]
         if keep:
+            from .models import sparse_cpu
+
             idx, feats, shape, b = collate([events[i] for i in keep], events[0].ndim)
-            probs = torch.softmax(model(idx, feats, shape).float(), dim=1)
+            sparse_cpu.compute_dtype = torch.bfloat16 if self.precision == "bf16" else None
+            try:
+                probs = torch.softmax(model(idx, feats, shape).float(), dim=1)
+            finally:
+                sparse_cpu.compute_dtype = None
             for i, part in zip(keep, split_by_batch(probs, idx, b)):
                 out[i] = part.cpu().numpy()
         return out

@@ -190,3 +190,21 @@ def test_cli_errors_exit_2_with_one_line(files, tmp_path, capsys):
         assert needle in err and "Traceback" not in err
         assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o.h5").exists()
+
+
+def test_bf16_predictions_agree_with_fp32(files):
+    from sparseseg.io import EventFile
+    from sparseseg.models import sparse_cpu
+
+    with EventFile(files["events"]) as f:
+        events = [f[i] for i in range(3)]
+    a = Predictor(weights=files["weights"]).predict(events)
+    b = Predictor(weights=files["weights"], precision="bf16").predict(events)
+    assert sparse_cpu.compute_dtype is None  # restored after the call
+    pa = np.concatenate([p for p, _ in a])
+    pb = np.concatenate([p for p, _ in b])
+    assert (pa == pb).mean() > 0.98
+    diff = max(float(np.abs(x[1] - y[1]).max()) for x, y in zip(a, b))
+    assert 0 < diff < 0.1  # bf16 really ran, and stayed close
+    with pytest.raises(ValueError, match="precision 'fp16' unknown; expected fp32 or bf16"):
+        Predictor(precision="fp16")
