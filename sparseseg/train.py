@@ -217,6 +217,34 @@ def evaluate_events(model, events, batch_size: int = 8) -> dict[str, Any]:
     }
 
 
+class SegmentationTask:
+    """Pixel segmentation with the sparse models (see :mod:`sparseseg.tasks` for the interface)."""
+
+    classes = list(CLASS_NAMES)
+
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = cfg
+
+    def batches(self, rank: int, world: int) -> StepBatches:
+        t = self.cfg["train"]
+        wcfg = WeightConfig(**{k: v for k, v in self.cfg["weights"].items()})
+        return StepBatches(ImageSource(self.cfg["data"]), t["batch_size"], wcfg, rank, world, t["accumulate"])
+
+    def step(self, net, micro_batches, device, precision="fp32", sync=None):
+        return accumulated_step(net, micro_batches, device, precision, sync)
+
+    def validation(self) -> list:
+        d = self.cfg["data"]
+        if d["val"]:
+            vsrc = ImageSource(d, files=d["val"])
+            return [vsrc._files()[i] for i in range(min(len(vsrc), d["val_images"]))]
+        vsrc = ImageSource(d, seed=d["val_seed"])
+        return [vsrc.get(j) for j in range(d["val_images"])]
+
+    def evaluate(self, model, events, batch_size: int = 8) -> dict[str, Any]:
+        return evaluate_events(model, events, batch_size)
+
+
 # --------------------------------------------------------------------------- the loop
 def _dist_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -282,6 +310,9 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
     device = torch.device(t["device"])
     torch.manual_seed(int(t["seed"]))
 
+    from .tasks import dense_task
+
+    task = dense_task(cfg) or SegmentationTask(cfg)
     mcfg = dict(cfg["model"])
     model = build_model(mcfg.pop("name"), **mcfg).to(device)
     optimizer = make_optimizer(model.parameters(), t)
@@ -310,30 +341,20 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(model)
 
-    wcfg = WeightConfig(**{k: v for k, v in cfg["weights"].items()})
-    source = ImageSource(cfg["data"])
-    batches = StepBatches(source, t["batch_size"], wcfg, rank, world, t["accumulate"])
+    batches = task.batches(rank, world)
     workers = int(cfg["data"]["num_workers"])
     loader = torch.utils.data.DataLoader(
         batches, batch_size=None, sampler=range(start, t["max_steps"]), num_workers=workers,
         collate_fn=_identity, prefetch_factor=4 if workers else None, persistent_workers=False,
     )
-    val_events = None
-    if rank == 0:
-        d = cfg["data"]
-        if d["val"]:
-            vsrc = ImageSource(d, files=d["val"])
-            val_events = [vsrc._files()[i] for i in range(min(len(vsrc), d["val_images"]))]
-        else:
-            vsrc = ImageSource(d, seed=d["val_seed"])
-            val_events = [vsrc.get(j) for j in range(d["val_images"])]
+    val_data = task.validation() if rank == 0 else None
 
     def save_ckpt(step: int) -> None:
         if rank != 0:
             return
         checkpoint.save(ckpt_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-            "config": cfg, "classes": list(CLASS_NAMES), "version": __version__,
+            "config": cfg, "classes": list(task.classes), "version": __version__,
             "best": best, "stale": stale,
         })
         _write_log(out / "metrics.jsonl", log)
@@ -351,8 +372,7 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
             g["lr"] = learning_rate(step, t)
         net.train()
         optimizer.zero_grad(set_to_none=True)
-        loss, acc = accumulated_step(net, micro_batches, device, t["precision"],
-                                     net.no_sync if distributed else None)
+        loss, acc = task.step(net, micro_batches, device, t["precision"], net.no_sync if distributed else None)
         optimizer.step()
         run_loss += loss
         run_acc += acc
@@ -367,15 +387,13 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
             bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['accuracy']:.3f}")
             run_loss, run_acc, run_n, t_data, t_step = 0.0, 0.0, 0, 0.0, 0.0
         if rank == 0 and (done % t["val_every"] == 0 or done == t["max_steps"]):
-            last_val = evaluate_events(model, val_events, t["batch_size"])
-            log.append({"step": done, "val_loss": last_val["loss"], "val_accuracy": last_val["accuracy"],
-                        "val_track_shower_accuracy": last_val["track_shower_accuracy"],
-                        "val_efficiency": last_val["efficiency"]})
+            last_val = task.evaluate(model, val_data, t["batch_size"])
+            log.append({"step": done, **{f"val_{k}": v for k, v in last_val.items()}})
             if last_val["accuracy"] > best["accuracy"]:
                 best = {"accuracy": last_val["accuracy"], "step": done}
                 stale = 0
                 checkpoint.save(out / "best.pt", {"model": model.state_dict(), "step": done, "config": cfg,
-                                                  "classes": list(CLASS_NAMES), "version": __version__,
+                                                  "classes": list(task.classes), "version": __version__,
                                                   "metrics": last_val})
             else:
                 stale += 1

@@ -1,0 +1,186 @@
+"""What the training loop needs to know about a model family, beyond the loop itself.
+
+:func:`sparseseg.train.train` is one loop (schedule, accumulation, DDP, checkpoints, resume,
+logs) for every model; a task supplies the model-specific parts:
+
+- ``batches(rank, world)``: a Dataset whose item ``s`` is the list of micro-batches of step
+  ``s`` on that rank (a pure function of the config and ``s``, so resume is exact);
+- ``step(net, micro_batches, device, precision, sync)``: forward and backward, returning
+  (loss, accuracy) of the step;
+- ``validation()`` (the held-out set) and ``evaluate(model, val)``: a dict with at least
+  ``loss`` and ``accuracy``; best.pt follows ``accuracy``;
+- ``classes``: what the outputs mean (stored in checkpoints).
+
+Tasks here: ``roi`` (DNN-ROI networks: simulated waveform images, BCE on the signal mask) and
+``cvn`` (event classifier: simulated 3-view interactions, cross-entropy on nu_mu CC / nu_e CC /
+NC). The sparse segmentation task lives in :mod:`sparseseg.train`.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class _StepData(torch.utils.data.Dataset):
+    """Item s = ``accumulate`` micro-batches (x, y) made by ``make(n, index)``; micro-batch j of
+    step s on rank r is number ``(s * world + r) * accumulate + j`` of the stream."""
+
+    def __init__(self, make, batch_size: int, accumulate: int, rank: int, world: int) -> None:
+        self.make, self.batch_size, self.accumulate, self.rank, self.world = make, batch_size, accumulate, rank, world
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, step: int):
+        out = []
+        for j in range(self.accumulate):
+            k = (step * self.world + self.rank) * self.accumulate + j
+            out.append(self.make(self.batch_size, k))
+        return out
+
+
+def _dense_step(net, micro_batches, device, precision, sync, loss_fn, correct_fn):
+    """Forward/backward over micro-batches of equal size: each loss is divided by their number,
+    so the gradient equals that of the mean over one large batch."""
+    n = len(micro_batches)
+    loss_sum, correct, counted = 0.0, 0, 0
+    for i, (x, y) in enumerate(micro_batches):
+        x, y = torch.as_tensor(x).to(device), torch.as_tensor(y).to(device)
+        ctx = sync() if sync is not None and i < n - 1 else contextlib.nullcontext()
+        with ctx:
+            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                                enabled=precision == "bf16"):
+                out = net(x)
+            loss = loss_fn(out.float(), y) / n
+            loss.backward()
+        loss_sum += float(loss.detach())
+        with torch.no_grad():
+            c, m = correct_fn(out.float(), y)
+            correct += c
+            counted += m
+    return loss_sum, correct / max(1, counted)
+
+
+class ROITask:
+    """DNN-ROI networks on simulated single-plane waveform images (see :mod:`sparseseg.roi`)."""
+
+    classes = ["signal"]
+
+    def __init__(self, cfg: dict) -> None:
+        from .roi import ROIConfig
+
+        self.cfg = cfg
+        self.roi = ROIConfig()
+        self.seed, self.val_seed = int(cfg["data"]["seed"]), int(cfg["data"]["val_seed"])
+
+    def batches(self, rank: int, world: int) -> torch.utils.data.Dataset:
+        from .roi import roi_dataset
+
+        t = self.cfg["train"]
+        return _StepData(lambda n, k: roi_dataset(n, self.seed, self.roi, start=k * n), t["batch_size"],
+                         t["accumulate"], rank, world)
+
+    @staticmethod
+    def _loss(prob, y):
+        return torch.nn.functional.binary_cross_entropy(prob.clamp(1e-6, 1 - 1e-6), y)
+
+    @staticmethod
+    def _correct(prob, y):
+        return int(((prob > 0.5) == (y > 0.5)).sum()), y.numel()
+
+    def step(self, net, micro_batches, device, precision="fp32", sync=None):
+        return _dense_step(net, micro_batches, device, precision, sync, self._loss, self._correct)
+
+    def validation(self):
+        from .roi import roi_dataset
+
+        return roi_dataset(int(self.cfg["data"]["val_images"]), self.val_seed, self.roi)
+
+    @torch.no_grad()
+    def evaluate(self, model, val, batch_size: int = 8) -> dict[str, Any]:
+        """BCE, pixel accuracy, and the signal mask's IoU, efficiency and purity at 0.5."""
+        was = model.training
+        model.eval()
+        x, y = val
+        loss, tp, fp, fn, right = 0.0, 0, 0, 0, 0
+        for i in range(0, len(x), batch_size):
+            xb, yb = torch.from_numpy(x[i : i + batch_size]), torch.from_numpy(y[i : i + batch_size])
+            prob = model(xb)
+            loss += float(self._loss(prob, yb)) * len(xb)
+            p, t = prob > 0.5, yb > 0.5
+            tp += int((p & t).sum())
+            fp += int((p & ~t).sum())
+            fn += int((~p & t).sum())
+            right += int((p == t).sum())
+        model.train(was)
+        return {"loss": loss / max(1, len(x)), "accuracy": right / max(1, y.size),
+                "iou": tp / max(1, tp + fp + fn), "efficiency": tp / max(1, tp + fn), "purity": tp / max(1, tp + fp)}
+
+
+class CVNTask:
+    """The CVN event classifier on simulated 3-view interactions (see :mod:`sparseseg.models.cvn`)."""
+
+    def __init__(self, cfg: dict) -> None:
+        from .models.cvn import CVN_CLASSES
+
+        self.cfg = cfg
+        self.classes = list(CVN_CLASSES)
+        self.preset = cfg["data"]["simulate"] or "crop512"
+        self.seed, self.val_seed = int(cfg["data"]["seed"]), int(cfg["data"]["val_seed"])
+
+    def batches(self, rank: int, world: int) -> torch.utils.data.Dataset:
+        from .models.cvn import cvn_dataset
+
+        t = self.cfg["train"]
+        # interaction k*2n.. of the stream: particle bombs are skipped, so leave room
+        return _StepData(lambda n, k: cvn_dataset(n, self.seed, start=k * 2 * n, preset=self.preset),
+                         t["batch_size"], t["accumulate"], rank, world)
+
+    @staticmethod
+    def _loss(logits, y):
+        return torch.nn.functional.cross_entropy(logits, y)
+
+    @staticmethod
+    def _correct(logits, y):
+        return int((logits.argmax(1) == y).sum()), len(y)
+
+    def step(self, net, micro_batches, device, precision="fp32", sync=None):
+        return _dense_step(net, micro_batches, device, precision, sync, self._loss, self._correct)
+
+    def validation(self):
+        from .models.cvn import cvn_dataset
+
+        return cvn_dataset(int(self.cfg["data"]["val_images"]), self.val_seed, preset=self.preset)
+
+    @torch.no_grad()
+    def evaluate(self, model, val, batch_size: int = 8) -> dict[str, Any]:
+        """Cross-entropy, accuracy, and per-class efficiency and purity."""
+        from .models.cvn import classification_table
+
+        was = model.training
+        model.eval()
+        x, y = val
+        loss, preds = 0.0, []
+        for i in range(0, len(x), batch_size):
+            xb, yb = torch.from_numpy(x[i : i + batch_size]), torch.from_numpy(y[i : i + batch_size])
+            logits = model(xb)
+            loss += float(self._loss(logits, yb)) * len(xb)
+            preds.append(logits.argmax(1).numpy())
+        model.train(was)
+        table = classification_table(y, np.concatenate(preds) if preds else np.zeros(0, np.int64))
+        return {"loss": loss / max(1, len(x)), "accuracy": table["accuracy"],
+                "efficiency": dict(zip(self.classes, table["efficiency"])),
+                "purity": dict(zip(self.classes, table["purity"])), "confusion": table["confusion"]}
+
+
+def dense_task(cfg: dict):
+    """The task of a dense model config, or None for the sparse segmentation models."""
+    name = cfg["model"]["name"]
+    if name.startswith("roi-"):
+        return ROITask(cfg)
+    if name == "cvn":
+        return CVNTask(cfg)
+    return None
