@@ -159,7 +159,7 @@ def cmd_predict(args) -> None:
         torch_threads(args.threads)
     pairs = output_paths(args.inputs, args.output, parse_shard(args.shard))
     predictor = Predictor(weights=args.weights, device=args.device, min_scores=parse_min_scores(args.min_score),
-                          precision=args.precision)
+                          precision=args.precision, model_name=args.model)
     for inp, out in pairs:
         r = predict_file(inp, out, predictor, progress=not args.quiet)
         note = f" (resumed after {r['resumed_from']} images)" if r["resumed_from"] else ""
@@ -343,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="cpu or cuda")
     s.add_argument("--min-score", action="append", metavar="CLASS=SCORE",
                    help="reassign pixels whose best class is CLASS but score < SCORE to their next class (repeatable)")
+    s.add_argument("--model", choices=["uresnet", "patch-cnn"],
+                   help="which model the weights must hold; patch-cnn runs the per-hit patch classifier "
+                        "(default weights weights/patch_cnn.pt) and writes the same layout: MIP = track, "
+                        "shower/Michel = EM split by its Michel score, HIP and delta 0")
     s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: sparse-convolution GEMMs in bfloat16 on CPU (faster on AVX512-BF16/AMX CPUs; "
                         "`sparseseg bench --models uresnet2d-bf16` prints its agreement with fp32)")

@@ -34,6 +34,7 @@ DEFAULT_INPUT_SHAPES: dict[str, tuple[int, ...]] = {
     "roi-transformer": (1, 3, 128, 128),
     "cvn": (1, 3, 500, 500),
     "uresnet-dense": (1, 1, 128, 128),
+    "patch-cnn": (16, 1, 48, 48),
 }
 """Example input (B, C, H, W) per model used for tracing/checking when none is given."""
 
@@ -58,6 +59,10 @@ def model_classes(name: str) -> tuple[str, ...]:
         from .models.cvn import CVN_CLASSES
 
         return tuple(CVN_CLASSES)
+    if name == "patch-cnn":
+        from .models.patch_cnn import PATCH_CLASSES
+
+        return tuple(PATCH_CLASSES)
     return tuple(CLASS_NAMES)
 
 
@@ -187,7 +192,7 @@ def export_model(
     if len(shape) < 3 or min(shape) < 1:
         raise ValueError(f"example_input_shape must be (B, C, *spatial) with positive sizes, got {shape}")
     gen = torch.Generator().manual_seed(0)
-    example = torch.rand(shape, generator=gen) * (100.0 if name in ("cvn", "uresnet-dense") else 1.0)
+    example = torch.rand(shape, generator=gen) * (100.0 if name in ("cvn", "uresnet-dense", "patch-cnn") else 1.0)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "torchscript":

@@ -19,6 +19,7 @@ from .classes import CLASS_NAMES, class_index
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_WEIGHTS = {2: WEIGHTS_DIR / "uresnet2d.pt", 3: WEIGHTS_DIR / "uresnet3d.pt"}
+PATCH_WEIGHTS = WEIGHTS_DIR / "patch_cnn.pt"
 EXTRAS = {"pred": ("uint8", ()), "scores": ("float16", (len(CLASS_NAMES),))}
 
 
@@ -79,6 +80,9 @@ class Predictor:
     device: str = "cpu"
     min_scores: dict[int, float] = field(default_factory=dict)
     precision: str = "fp32"
+    model_name: str | None = None
+    """None: whatever the weights hold; "patch-cnn" (or "uresnet") also checks the weights
+    hold that model, and for patch-cnn picks weights/patch_cnn.pt by default."""
     """fp32, or bf16: the sparse convolutions' GEMMs in bfloat16 on CPU (accumulating in fp32);
     worth it only on CPUs with AVX512-BF16/AMX. ``sparseseg bench`` prints its agreement."""
     _models: dict = field(default_factory=dict)
@@ -89,12 +93,27 @@ class Predictor:
 
     def model(self, dim: int):
         if dim not in self._models:
-            from .checkpoint import load_model
+            from .checkpoint import load, load_model
 
-            path = Path(self.weights) if self.weights else DEFAULT_WEIGHTS[dim]
-            if not self.weights and not path.exists():
-                raise FileNotFoundError(f"no shipped {dim}D weights at {path}; pass --weights PATH")
-            model, _ = load_model(path, self.device, dim=dim)
+            if self.weights:
+                path = Path(self.weights)
+            else:
+                path = PATCH_WEIGHTS if self.model_name == "patch-cnn" else DEFAULT_WEIGHTS[dim]
+                if not path.exists():
+                    what = "patch-cnn" if self.model_name == "patch-cnn" else f"{dim}D"
+                    raise FileNotFoundError(f"no shipped {what} weights at {path}; pass --weights PATH")
+            name = (load(path)["config"].get("model") or {}).get("name")
+            if self.model_name and name != self.model_name:
+                raise ValueError(f"weights file {path}: holds model {name!r}, not {self.model_name!r}")
+            if name == "patch-cnn":
+                from .export import load_dense_checkpoint
+
+                if dim != 2:
+                    raise ValueError(f"weights file {path}: patch-cnn works on 2D planes, the input events are {dim}D")
+                model, _ = load_dense_checkpoint(path, "patch-cnn")
+                model = model.to(self.device)
+            else:
+                model, _ = load_model(path, self.device, dim=dim)
             self._models[dim] = model.eval()
         return self._models[dim]
 
@@ -105,6 +124,11 @@ class Predictor:
 
         model = self.model(events[0].ndim)
         out = [np.zeros((len(ev), len(CLASS_NAMES)), np.float32) for ev in events]
+        if getattr(model, "config", None) is not None and type(model).__name__ == "PatchCNN":
+            from .patches import score_event, to_class_scores
+
+            return [to_class_scores(score_event(model, ev, device=self.device)) if len(ev) else o
+                    for ev, o in zip(events, out)]
         keep = [i for i, ev in enumerate(events) if len(ev)]
         if keep:
             from .models import sparse_cpu

@@ -176,9 +176,102 @@ class CVNTask:
                 "purity": dict(zip(self.classes, table["purity"])), "confusion": table["confusion"]}
 
 
+class PatchTask:
+    """The per-hit patch classifier: patches around hits of simulated planes, sampled so that
+    track, EM, Michel and none hits are equally frequent; loss = 0.1 x CE(EM/track/none) +
+    1.0 x BCE(Michel), as the published network."""
+
+    def __init__(self, cfg: dict) -> None:
+        from .models.patch_cnn import PATCH_CLASSES
+
+        self.cfg = cfg
+        self.classes = list(PATCH_CLASSES)
+        self.preset = cfg["data"]["simulate"] or "crop512"
+        self.seed, self.val_seed = int(cfg["data"]["seed"]), int(cfg["data"]["val_seed"])
+        self.size = int(cfg["model"].get("patch", 48))
+
+    def _make(self, seed: int, n: int, k: int):
+        from .patches import extract_patches, patch_targets, sample_hits
+        from .simulate import simulate_interaction
+
+        planes = [e for e in simulate_interaction(self.preset, seed, k) if len(e)]
+        rng = np.random.default_rng([seed, k, 77])
+        xs, cls, mich = [], [], []
+        for i, ev in enumerate(planes):
+            m = n // len(planes) + (1 if i < n % len(planes) else 0)
+            rows = sample_hits(ev.labels, m, rng)
+            xs.append(extract_patches(ev, rows, self.size))
+            c, mi = patch_targets(ev.labels[rows])
+            cls.append(c)
+            mich.append(mi)
+        return np.concatenate(xs), (np.concatenate(cls), np.concatenate(mich))
+
+    def batches(self, rank: int, world: int) -> torch.utils.data.Dataset:
+        t = self.cfg["train"]
+        return _StepData(lambda n, k: self._make(self.seed, n, k), t["batch_size"], t["accumulate"], rank, world)
+
+    @staticmethod
+    def _loss(raw, y):
+        cls, mich = y
+        return 0.1 * torch.nn.functional.cross_entropy(raw[:, :3], cls) + \
+            torch.nn.functional.binary_cross_entropy_with_logits(raw[:, 3], mich)
+
+    @staticmethod
+    def _correct(raw, y):
+        return int((raw[:, :3].argmax(1) == y[0]).sum()), len(y[0])
+
+    def step(self, net, micro_batches, device, precision="fp32", sync=None):
+        n = len(micro_batches)
+        loss_sum, correct, counted = 0.0, 0, 0
+        for i, (x, (cls, mich)) in enumerate(micro_batches):
+            x = torch.as_tensor(x).to(device)
+            y = (torch.as_tensor(cls).to(device), torch.as_tensor(mich).to(device))
+            ctx = sync() if sync is not None and i < n - 1 else contextlib.nullcontext()
+            with ctx:
+                with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                                    enabled=precision == "bf16"):
+                    raw = net(x)
+                loss = self._loss(raw.float(), y) / n
+                loss.backward()
+            loss_sum += float(loss.detach())
+            c, m = self._correct(raw.float(), y)
+            correct += c
+            counted += m
+        return loss_sum, correct / max(1, counted)
+
+    def validation(self):
+        n = int(self.cfg["data"]["val_images"])
+        parts = [self._make(self.val_seed, 256, k) for k in range(n)]
+        return (np.concatenate([p[0] for p in parts]),
+                (np.concatenate([p[1][0] for p in parts]), np.concatenate([p[1][1] for p in parts])))
+
+    @torch.no_grad()
+    def evaluate(self, model, val, batch_size: int = 512) -> dict[str, Any]:
+        """Loss, EM/track/none accuracy, Michel efficiency and purity at 0.5, Michel ROC AUC
+        (on balanced validation patches)."""
+        from sklearn.metrics import roc_auc_score
+
+        was = model.training
+        model.eval()
+        x, (cls, mich) = val
+        raws = [model(torch.from_numpy(x[i : i + 512])) for i in range(0, len(x), 512)]
+        raw = torch.cat(raws) if raws else torch.zeros(0, 4)
+        y = (torch.from_numpy(cls), torch.from_numpy(mich))
+        loss = float(self._loss(raw, y)) if len(x) else 0.0
+        model.train(was)
+        p = torch.sigmoid(raw[:, 3]).numpy()
+        sel, true = p > 0.5, mich > 0.5
+        return {"loss": loss, "accuracy": self._correct(raw, y)[0] / max(1, len(x)),
+                "michel_efficiency": float((sel & true).sum() / max(1, true.sum())),
+                "michel_purity": float((sel & true).sum() / max(1, sel.sum())),
+                "michel_auc": float(roc_auc_score(true, p)) if 0 < true.sum() < len(true) else None}
+
+
 def dense_task(cfg: dict):
     """The task of a dense model config, or None for the sparse segmentation models."""
     name = cfg["model"]["name"]
+    if name == "patch-cnn":
+        return PatchTask(cfg)
     if name.startswith("roi-"):
         return ROITask(cfg)
     if name == "cvn":

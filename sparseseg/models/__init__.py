@@ -37,6 +37,12 @@ def _uresnet_dense(**kwargs) -> nn.Module:
     return build_dense_uresnet(**kwargs)
 
 
+def _patch_cnn(**kwargs) -> nn.Module:
+    from .patch_cnn import build_patch_cnn
+
+    return build_patch_cnn(**kwargs)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "uresnet": _uresnet,
     "uresnet-dense": _uresnet_dense,
@@ -45,6 +51,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "roi-mobilenetv3": _roi("roi-mobilenetv3"),
     "roi-transformer": _roi("roi-transformer"),
     "cvn": _cvn,
+    "patch-cnn": _patch_cnn,
 }
 """name -> builder(**kwargs). Sparse models take lists of Events; dense ones (B, C, H, W) tensors."""
 
