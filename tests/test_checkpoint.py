@@ -40,7 +40,7 @@ def test_bad_weight_files(tmp_path):
     p = tmp_path / "w.pt"
     assert _err(_save(p, classes=["track", "shower"])) == \
         f"weights file {p}: trained for classes ('track', 'shower'), this sparseseg uses {tuple(CLASSES)}"
-    assert _err(_save(p, dict(TINY, name="nope"), state={})).startswith("unknown model 'nope'; available: cvn, roi-mobilenetv2")
+    assert _err(_save(p, dict(TINY, name="nope"), state={})).startswith("unknown model 'nope'; available: cvn, patch-cnn, roi-mobilenetv2")
     assert _err(_save(p), dim=3) == f"weights file {p}: model is 2D but the input events are 3D"
     other = build_model("uresnet", dim=2, depth=2, filters=8, reps=1).state_dict()
     assert _err(_save(p, state=other)).startswith(f"weights file {p}: weights do not fit model 'uresnet' (")
