@@ -144,3 +144,35 @@ def test_memory_fields_accumulate_and_bf16_in_log(tmp_path, train_file):
         resolve({"train": {"precision": "fp16"}})
     with pytest.raises(ValueError, match="config: train.accumulate must be a positive integer, got 0"):
         resolve({"train": {"accumulate": 0}})
+
+
+KILL_TRAINING = """
+import os, signal, sys, yaml
+sys.path.insert(0, {tests!r})
+from sparseseg.train import train
+cfg = yaml.safe_load(open(sys.argv[1]))
+
+def die(step):
+    if step == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train(cfg, sys.argv[2], progress=False, callback=die)
+"""
+
+
+def test_sigkill_mid_run_then_resume_equals_straight_run(tmp_path, train_file):
+    cfg = tiny_config(train_file, checkpoint_every=2)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    script = KILL_TRAINING.format(tests=str(ROOT / "tests"))
+    p = subprocess.run([sys.executable, "-c", script, str(tmp_path / "c.yaml"), str(tmp_path / "killed")],
+                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert p.returncode == -9, p.stderr[-2000:]
+    ckpt = checkpoint.load(tmp_path / "killed" / "checkpoint.pt")  # readable, not torn
+    assert ckpt["step"] == 4  # the last checkpoint before the kill at step 5
+    train(cfg, tmp_path / "killed", resume=True, progress=False)
+    train(cfg, tmp_path / "straight", progress=False)
+    a = checkpoint.load(tmp_path / "straight" / "checkpoint.pt")
+    b = checkpoint.load(tmp_path / "killed" / "checkpoint.pt")
+    assert a["step"] == b["step"] == 6
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
