@@ -1,6 +1,8 @@
 """Training speed on 512 x 512 simulated views: images/s and time per step (data, forward, backward).
 
-    python scripts/bench_train.py [--steps 30] [--batch 8] [--threads 2]
+    python scripts/bench_train.py [--steps 30] [--batch 8] [--threads 2] [--precision fp32|bf16]
+
+bf16 runs the forward pass under torch.autocast (as train.precision: bf16 does).
 """
 import argparse
 import time
@@ -21,6 +23,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--depth", type=int, default=5)
     ap.add_argument("--filters", type=int, default=32)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -39,7 +42,9 @@ def main() -> None:
         w = torch.from_numpy(pixel_weights(events, wcfg))
         labels = torch.from_numpy(np.concatenate([e.labels for e in events]).astype(np.int64))
         t1 = time.perf_counter()
-        loss = weighted_cross_entropy(model(events), labels, w)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            logits = model(events)
+        loss = weighted_cross_entropy(logits.float(), labels, w)
         t2 = time.perf_counter()
         opt.zero_grad()
         loss.backward()
@@ -51,7 +56,8 @@ def main() -> None:
             t_bwd.append(t3 - t2)
             pixels.append(sum(len(e) for e in events))
     step_s = np.mean(t_fwd) + np.mean(t_bwd)
-    print(f"UResNet depth {args.depth}, {args.filters} filters, batch {args.batch} x 512 x 512, {args.threads} threads")
+    print(f"UResNet depth {args.depth}, {args.filters} filters, batch {args.batch} x 512 x 512, {args.threads} threads, "
+          f"{args.precision}")
     print(f"  active pixels per batch: {np.mean(pixels):.0f}")
     print(f"  data (simulate + weights): {1000 * np.mean(t_data):7.1f} ms/step")
     print(f"  forward:                   {1000 * np.mean(t_fwd):7.1f} ms/step")
