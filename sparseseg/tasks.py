@@ -48,7 +48,8 @@ def _dense_step(net, micro_batches, device, precision, sync, loss_fn, correct_fn
     n = len(micro_batches)
     loss_sum, correct, counted = 0.0, 0, 0
     for i, (x, y) in enumerate(micro_batches):
-        x, y = torch.as_tensor(x).to(device), torch.as_tensor(y).to(device)
+        x = torch.as_tensor(x).to(device)
+        y = tuple(torch.as_tensor(v).to(device) for v in y) if isinstance(y, tuple) else torch.as_tensor(y).to(device)
         ctx = sync() if sync is not None and i < n - 1 else contextlib.nullcontext()
         with ctx:
             with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
@@ -221,23 +222,7 @@ class PatchTask:
         return int((raw[:, :3].argmax(1) == y[0]).sum()), len(y[0])
 
     def step(self, net, micro_batches, device, precision="fp32", sync=None):
-        n = len(micro_batches)
-        loss_sum, correct, counted = 0.0, 0, 0
-        for i, (x, (cls, mich)) in enumerate(micro_batches):
-            x = torch.as_tensor(x).to(device)
-            y = (torch.as_tensor(cls).to(device), torch.as_tensor(mich).to(device))
-            ctx = sync() if sync is not None and i < n - 1 else contextlib.nullcontext()
-            with ctx:
-                with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
-                                    enabled=precision == "bf16"):
-                    raw = net(x)
-                loss = self._loss(raw.float(), y) / n
-                loss.backward()
-            loss_sum += float(loss.detach())
-            c, m = self._correct(raw.float(), y)
-            correct += c
-            counted += m
-        return loss_sum, correct / max(1, counted)
+        return _dense_step(net, micro_batches, device, precision, sync, self._loss, self._correct)
 
     def validation(self):
         n = int(self.cfg["data"]["val_images"])
