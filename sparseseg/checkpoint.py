@@ -53,6 +53,11 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return ckpt
 
 
+def float_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A state dict with floating-point tensors as float32 (shipped weights are fp16)."""
+    return {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in state.items()}
+
+
 def build_from(ckpt: dict[str, Any], path: str | Path = "<checkpoint>", device: str | torch.device = "cpu"):
     """Rebuild the model described by a checkpoint and load its weights (as float32)."""
     from .models import build_model
@@ -63,7 +68,7 @@ def build_from(ckpt: dict[str, Any], path: str | Path = "<checkpoint>", device: 
     if classes != CLASS_NAMES:
         raise ValueError(f"weights file {path}: trained for classes {classes}, this sparseseg uses {CLASS_NAMES}")
     model = build_model(name, **mcfg)
-    state = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in ckpt["model"].items()}
+    state = float_state(ckpt["model"])
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -76,10 +81,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dim: int | 
     """Model and checkpoint dict from a weights file; ``dim`` checks the model's dimension."""
     ckpt = load(path)
     model = build_from(ckpt, path, device)
+    check_dim(model, path, dim)
+    return model, ckpt
+
+
+def check_dim(model, path: str | Path, dim: int | None) -> None:
+    """``ValueError`` when ``model`` is a 2D/3D model of another dimension than ``dim``."""
     model_dim = getattr(getattr(model, "config", None), "dim", None)
     if dim is not None and model_dim is not None and model_dim != dim:
         raise ValueError(f"weights file {path}: model is {model_dim}D but the input events are {dim}D")
-    return model, ckpt
 
 
 def slim(ckpt: dict[str, Any], fp16: bool = True, **extra) -> dict[str, Any]:

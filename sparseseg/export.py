@@ -73,9 +73,16 @@ def load_dense_checkpoint(path: str | Path, name: str | None = None) -> tuple[to
     given it must match. Returns (model in eval mode, checkpoint dict).
     """
     from . import checkpoint
-    from .models import build_model
 
     ckpt = checkpoint.load(path)
+    return dense_from(ckpt, path, name), ckpt
+
+
+def dense_from(ckpt: dict[str, Any], path: str | Path = "<checkpoint>", name: str | None = None) -> torch.nn.Module:
+    """The dense model of an already loaded checkpoint dict (see :func:`load_dense_checkpoint`)."""
+    from .checkpoint import float_state
+    from .models import build_model
+
     try:
         mcfg = dict(ckpt["config"]["model"])
         ck_name = mcfg.pop("name")
@@ -89,13 +96,12 @@ def load_dense_checkpoint(path: str | Path, name: str | None = None) -> tuple[to
     if tuple(ckpt["classes"]) != expected:
         raise ValueError(f"weights file {path}: classes {tuple(ckpt['classes'])} do not fit model {ck_name!r} (expected {expected})")
     model = build_model(ck_name, **mcfg)
-    state = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in ckpt["model"].items()}
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(float_state(ckpt["model"]))
     except RuntimeError as err:
         lines = str(err).strip().splitlines()
         raise ValueError(f"weights file {path}: weights do not fit model {ck_name!r} ({lines[-1].strip()})") from None
-    return model.eval(), ckpt
+    return model.eval()
 
 
 def _outputs(result) -> list[np.ndarray]:

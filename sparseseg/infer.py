@@ -93,7 +93,7 @@ class Predictor:
 
     def model(self, dim: int):
         if dim not in self._models:
-            from .checkpoint import load, load_model
+            from .checkpoint import build_from, check_dim, load
 
             if self.weights:
                 path = Path(self.weights)
@@ -102,18 +102,19 @@ class Predictor:
                 if not path.exists():
                     what = "patch-cnn" if self.model_name == "patch-cnn" else f"{dim}D"
                     raise FileNotFoundError(f"no shipped {what} weights at {path}; pass --weights PATH")
-            name = (load(path)["config"].get("model") or {}).get("name")
+            ckpt = load(path)
+            name = (ckpt["config"].get("model") or {}).get("name")
             if self.model_name and name != self.model_name:
                 raise ValueError(f"weights file {path}: holds model {name!r}, not {self.model_name!r}")
             if name == "patch-cnn":
-                from .export import load_dense_checkpoint
+                from .export import dense_from
 
                 if dim != 2:
                     raise ValueError(f"weights file {path}: patch-cnn works on 2D planes, the input events are {dim}D")
-                model, _ = load_dense_checkpoint(path, "patch-cnn")
-                model = model.to(self.device)
+                model = dense_from(ckpt, path, "patch-cnn").to(self.device)
             else:
-                model, _ = load_model(path, self.device, dim=dim)
+                model = build_from(ckpt, path, self.device)
+                check_dim(model, path, dim)
             self._models[dim] = model.eval()
         return self._models[dim]
 
@@ -124,7 +125,9 @@ class Predictor:
 
         model = self.model(events[0].ndim)
         out = [np.zeros((len(ev), len(CLASS_NAMES)), np.float32) for ev in events]
-        if getattr(model, "config", None) is not None and type(model).__name__ == "PatchCNN":
+        from .models.patch_cnn import PatchCNN
+
+        if isinstance(model, PatchCNN):
             from .patches import score_event, to_class_scores
 
             return [to_class_scores(score_event(model, ev, device=self.device)) if len(ev) else o

@@ -113,7 +113,7 @@ def _labels(events) -> torch.Tensor:
 def init_weights(model: torch.nn.Module, path) -> None:
     """Start from the model weights of checkpoint ``path`` (train.init); shapes must match."""
     ckpt = checkpoint.load(path)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    state = checkpoint.float_state(ckpt["model"])
     own = model.state_dict()
     bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
     if bad or set(state) - set(own):
