@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .models.sparse_infer import cpu_has_bf16
+
 SEED = 20261123
 """Simulator seed of the benchmark's events."""
 
@@ -31,28 +33,25 @@ ROI_SHAPE = (1, 3, 2400, 600)
 
 MODELS = {
     # name: (model-table name, builder options, input description)
-    "uresnet2d": ("uresnet", {"dim": 2}, "uboone Y plane 1008 x 3456 (sparse)"),
-    "uresnet2d-bf16": ("uresnet", {"dim": 2}, "uboone Y plane 1008 x 3456 (sparse, bf16 GEMMs)"),
+    "uresnet2d": ("uresnet", {"dim": 2}, "uboone Y plane 1008 x 3456 (sparse, fp32)"),
+    "uresnet2d-bf16": ("uresnet", {"dim": 2}, "uboone Y plane 1008 x 3456 (sparse, bf16)"),
+    "uresnet2d-graph": ("uresnet", {"dim": 2}, "uboone Y plane 1008 x 3456 (sparse, training graph, fp32)"),
     "uresnet2d-dense": ("uresnet-dense", {"dim": 2}, "uboone Y plane 1008 x 3456 (dense)"),
-    "uresnet3d": ("uresnet", {"dim": 3}, "pilarnet volume 768^3 (sparse)"),
+    "uresnet3d": ("uresnet", {"dim": 3}, "pilarnet volume 768^3 (sparse, fp32)"),
     "roi-unet": ("roi-unet", {}, "full U plane 3 x 2400 x 600"),
     "roi-mobilenetv2": ("roi-mobilenetv2", {}, "full U plane 3 x 2400 x 600"),
     "roi-mobilenetv3": ("roi-mobilenetv3", {}, "full U plane 3 x 2400 x 600"),
     "roi-transformer": ("roi-transformer", {}, "full U plane 3 x 2400 x 600"),
     "cvn": ("cvn", {}, "3 views x 500 x 500"),
 }
-DEFAULT_MODELS = ("uresnet2d", "uresnet2d-dense", "uresnet3d", "roi-unet", "roi-mobilenetv2",
-                  "roi-mobilenetv3", "roi-transformer", "cvn")
+"""Sparse rows run :class:`~sparseseg.models.sparse_infer.FastUResNet` (what ``predict`` uses
+on CPU) with the shipped weights; ``uresnet2d-graph`` runs the training graph (spconv modules
+and rulebooks) for comparison."""
+DEFAULT_MODELS = ("uresnet2d", "uresnet2d-bf16", "uresnet2d-graph", "uresnet2d-dense", "uresnet3d", "roi-unet",
+                  "roi-mobilenetv2", "roi-mobilenetv3", "roi-transformer", "cvn")
+SHIPPED = {2: "weights/uresnet2d.pt", 3: "weights/uresnet3d.pt"}
+"""Relative to the repository root; sparse rows use random weights where these are missing."""
 OCCUPANCIES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
-
-
-def cpu_has_bf16() -> bool:
-    """True where the CPU has native bfloat16 matrix instructions (AVX512-BF16 or AMX)."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _status_mb(field: str) -> float | None:
@@ -174,6 +173,63 @@ def _time(fn, reps: int, sync) -> list[float]:
     return times
 
 
+def _sparse_model(dim: int, row: dict[str, Any]):
+    """The shipped sparse UResNet of this dimension (random weights where it is missing)."""
+    from .models import build_model
+
+    weights = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), SHIPPED[dim])
+    if not os.path.exists(weights):
+        row["weights"] = "random"
+        return build_model("uresnet", dim=dim)
+    from .checkpoint import build_from, load
+
+    row["weights"] = SHIPPED[dim]
+    return build_from(load(weights))
+
+
+def _sparse_rows(row, name, dim, plane, event, reps, device, sync, baseline) -> None:
+    """Time, memory, FLOPs (and bf16 agreement) of a sparse UResNet row, into ``row``.
+    Like ``predict``, the fast rows keep only the inference engine, not the training modules."""
+    from .models.sparse_infer import FastUResNet
+    from .models.uresnet import collate
+
+    cuda = torch.device(device).type == "cuda"
+    graph = cuda or name.endswith("-graph")
+    model = _sparse_model(dim, row).to(device).eval()
+    fast = None if graph else FastUResNet(model, "bf16" if name.endswith("bf16") else "fp32")
+    if fast is not None:
+        del model
+
+    def run(events):
+        if graph:
+            return model(events)
+        idx, feats, shape, _ = collate(events, dim)
+        return fast(idx, feats, shape)
+
+    with torch.no_grad():
+        row["times"] = _time(lambda: run([plane]), reps, sync)
+        if not cuda:
+            if graph:
+                with _FlopCounter() as fc:
+                    run([plane])
+                row["gflops"] = fc.flops / 1e9
+            else:
+                fast.flops = 0
+                run([plane])
+                row["gflops"] = fast.flops / 1e9
+                fast.flops = None
+        row["peak_mem_mb"] = _peak_rss_mb() - baseline  # the single plane, before the whole event
+        if dim == 2 and len(event) == 3:
+            row["event_time_s"] = statistics.median(_time(lambda: run(event), max(3, reps), sync))
+            row["event_peak_mem_mb"] = _peak_rss_mb() - baseline
+        if name.endswith("bf16"):  # agreement with fp32 on the whole event (after the memory figures)
+            ref = FastUResNet(_sparse_model(dim, {}), "fp32")
+            idx, feats, shape, _ = collate(event, dim)
+            same = fast(idx, feats, shape).argmax(1) == ref(idx, feats, shape).argmax(1)
+            row["agreement_with_fp32"] = float(same.float().mean())
+            row["agreement_pixels"] = int(same.numel())
+
+
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Measure one model (runs in its own process)."""
     from .models import build_model
@@ -186,6 +242,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     cuda = device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     row: dict[str, Any] = {"model": name, "input": desc, "device": device, "threads": torch.get_num_threads()}
+    if name == "uresnet2d-bf16" and not cuda and not cpu_has_bf16():
+        return dict(row, error="this CPU has no native bfloat16 (AVX512-BF16/AMX): skipped")
     # ---- input (part of the baseline); events come pickled from the parent so that the
     # simulator's own memory peak does not hide the model's
     if name.startswith("uresnet"):
@@ -204,36 +262,21 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         x = torch.rand(*ROI_SHAPE, device=device)
     import gc
 
+    if name.startswith("uresnet"):
+        from .models import sparse_infer, uresnet  # noqa: F401  (imports are part of the baseline)
     gc.collect()
     baseline = _reset_peak_rss()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         base_alloc = torch.cuda.memory_allocated()
     # ---- model
-    model = build_model(table_name, **opts).to(device).eval()
-    sparse = table_name == "uresnet"
-    if sparse:
-        from .models import sparse_cpu
-
-        if name.endswith("bf16"):
-            sparse_cpu.compute_dtype = torch.bfloat16
-        with torch.no_grad():
-            times = _time(lambda: model([plane]), reps, sync)
-            if not cuda:
-                with _FlopCounter() as fc:
-                    model([plane])
-                row["gflops"] = fc.flops / 1e9
-            row["peak_mem_mb"] = _peak_rss_mb() - baseline  # the single plane, before the whole event
-            if name == "uresnet2d" and not spec.get("occupancy"):
-                row["event_time_s"] = statistics.median(_time(lambda: model(event), max(1, reps // 2), sync))
-            if name.endswith("bf16"):
-                pred_bf16 = model([plane]).argmax(1)
-                sparse_cpu.compute_dtype = None
-                pred_fp32 = model([plane]).argmax(1)
-                row["agreement_with_fp32"] = float((pred_bf16 == pred_fp32).float().mean())
+    if table_name == "uresnet":
+        _sparse_rows(row, name, opts["dim"], plane, event, reps, device, sync, baseline)
+        times = row.pop("times")
     else:
         from torch.utils.flop_counter import FlopCounterMode
 
+        model = build_model(table_name, **opts).to(device).eval()
         with torch.no_grad():
             times = _time(lambda: model(x), reps, sync)
             with FlopCounterMode(display=False) as fcm:
@@ -309,19 +352,33 @@ def _run(models, threads, reps, device, scaling, say, tmp) -> dict[str, Any]:
     res: dict[str, Any] = {"threads": threads or torch.get_num_threads(), "device": device, "rows": rows,
                            "cpu_bf16": cpu_has_bf16(), "torch": torch.__version__}
     by = {r["model"]: r for r in rows if "error" not in r}
-    if "uresnet2d" in by:
-        res["event_time_s"] = by["uresnet2d"].get("event_time_s")
-    if "uresnet2d" in by and "uresnet2d-dense" in by:
-        s, d = by["uresnet2d"], by["uresnet2d-dense"]
-        res["ratios"] = {"dense_over_sparse_time": d["time_s_median"] / s["time_s_median"],
-                         "dense_over_sparse_mem": d["peak_mem_mb"] / max(s["peak_mem_mb"], 1e-3)}
+    # the path `sparseseg predict` takes on this machine (precision auto)
+    deployed = "uresnet2d-bf16" if res["cpu_bf16"] and "uresnet2d-bf16" in by else "uresnet2d"
+    if deployed in by and by[deployed].get("event_time_s") is not None:
+        d = by[deployed]
+        res["deployed"] = deployed
+        res["event_time_s"] = d["event_time_s"]
+        res["event_peak_mem_mb"] = d.get("event_peak_mem_mb")
+        if by.get("uresnet2d-graph", {}).get("event_time_s"):
+            res["speedup_over_graph"] = by["uresnet2d-graph"]["event_time_s"] / d["event_time_s"]
+    if "uresnet2d-dense" in by:
+        dense = by["uresnet2d-dense"]
+        res["ratios"] = {}
+        for key, sparse_row in (("", "uresnet2d"), ("_deployed", deployed)):
+            if sparse_row in by:
+                s = by[sparse_row]
+                res["ratios"][f"dense_over_sparse_time{key}"] = dense["time_s_median"] / s["time_s_median"]
+                res["ratios"][f"dense_over_sparse_mem{key}"] = dense["peak_mem_mb"] / max(s["peak_mem_mb"], 1e-3)
     if device == "cpu":
         say("bench: torch.mm peak ...")
         res["sgemm_fp32_gflops_per_s"] = sgemm_peak(threads)
         if res["cpu_bf16"]:
             res["sgemm_bf16_gflops_per_s"] = sgemm_peak(threads, torch.bfloat16)
-        if "uresnet2d" in by:
-            res["sparse_efficiency"] = by["uresnet2d"]["gflops_per_s"] / res["sgemm_fp32_gflops_per_s"]
+        for row_name, key, peak in (("uresnet2d", "sparse_efficiency", "sgemm_fp32_gflops_per_s"),
+                                    ("uresnet2d-bf16", "sparse_efficiency_bf16", "sgemm_bf16_gflops_per_s")):
+            if row_name in by and peak in res and "gflops_per_s" in by[row_name]:
+                res[key] = by[row_name]["gflops_per_s"] / res[peak]
+    res["targets"] = _targets(res)
     if scaling and device == "cpu":
         pts = []
         for occ in OCCUPANCIES:
@@ -340,6 +397,32 @@ def _run(models, threads, reps, device, scaling, say, tmp) -> dict[str, Any]:
     return res
 
 
+TARGETS = {
+    "event_time_s": ("<=", 0.10, "3-plane uboone event, median time (s)"),
+    "event_peak_mem_mb": ("<=", 150.0, "3-plane event, peak memory above baseline (MB)"),
+    "dense_over_sparse_time": (">=", 100.0, "dense twin / sparse time, Y plane"),
+    "dense_over_sparse_mem": (">=", 20.0, "dense twin / sparse memory, Y plane"),
+    "efficiency": (">=", 0.50, "achieved / same-precision torch.mm FLOP rate"),
+}
+"""The performance targets on 2 cores, checked in every run (deployed path = precision auto)."""
+
+
+def _targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    ratios = res.get("ratios", {})
+    eff = res.get("sparse_efficiency_bf16") if res.get("deployed") == "uresnet2d-bf16" else res.get("sparse_efficiency")
+    values = {"event_time_s": res.get("event_time_s"), "event_peak_mem_mb": res.get("event_peak_mem_mb"),
+              "dense_over_sparse_time": ratios.get("dense_over_sparse_time_deployed"),
+              "dense_over_sparse_mem": ratios.get("dense_over_sparse_mem_deployed"), "efficiency": eff}
+    out = []
+    for key, (op, goal, what) in TARGETS.items():
+        v = values[key]
+        if v is None:
+            continue
+        ok = v <= goal if op == "<=" else v >= goal
+        out.append({"target": key, "what": what, "value": v, "goal": f"{op} {goal:g}", "met": bool(ok)})
+    return out
+
+
 def format_markdown(res: dict[str, Any]) -> str:
     """The benchmark as Markdown tables."""
     lines = [f"Device: {res['device']}, {res['threads']} threads, torch {res['torch']}.", "",
@@ -353,19 +436,37 @@ def format_markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {r['model']} | {r['input']}{extra} | {r['time_s_median']:.3f} | {r['peak_mem_mb']:.0f} | "
                      f"{r.get('gflops', float('nan')):.1f} | {r.get('gflops_per_s', float('nan')):.1f} |")
     lines.append("")
-    if res.get("event_time_s") is not None:
-        lines.append(f"Whole 3-plane uboone event, sparse 2D: {res['event_time_s']:.3f} s.")
-    if "ratios" in res:
+    events = [r for r in res["rows"] if r.get("event_time_s") is not None]
+    if events:
+        lines += ["| sparse 2D path | whole 3-plane uboone event (s, median) | peak memory (MB) |", "|---|---:|---:|"]
+        for r in events:
+            mark = " (what `predict` runs here)" if r["model"] == res.get("deployed") else ""
+            mem = r.get("event_peak_mem_mb")
+            lines.append(f"| {r['model']}{mark} | {r['event_time_s']:.3f} | {'-' if mem is None else f'{mem:.0f}'} |")
+        lines.append("")
+    if res.get("speedup_over_graph"):
+        lines.append(f"Inference engine over the training graph, whole event: x{res['speedup_over_graph']:.1f}.")
+    if res.get("ratios"):
         r = res["ratios"]
-        lines.append(f"Dense / sparse on the same Y plane: time x{r['dense_over_sparse_time']:.1f}, "
-                     f"memory x{r['dense_over_sparse_mem']:.1f}.")
+        if "dense_over_sparse_time" in r:
+            lines.append(f"Dense / sparse fp32 on the same Y plane: time x{r['dense_over_sparse_time']:.1f}, "
+                         f"memory x{r['dense_over_sparse_mem']:.1f}.")
+        if res.get("deployed", "uresnet2d") != "uresnet2d" and "dense_over_sparse_time_deployed" in r:
+            lines.append(f"Dense / sparse {res['deployed']}: time x{r['dense_over_sparse_time_deployed']:.1f}, "
+                         f"memory x{r['dense_over_sparse_mem_deployed']:.1f}.")
     if "sgemm_fp32_gflops_per_s" in res:
-        s = f"torch.mm peak: {res['sgemm_fp32_gflops_per_s']:.0f} GFLOP/s fp32"
+        s = f"torch.mm peak (2048^2): {res['sgemm_fp32_gflops_per_s']:.0f} GFLOP/s fp32"
         if "sgemm_bf16_gflops_per_s" in res:
             s += f", {res['sgemm_bf16_gflops_per_s']:.0f} GFLOP/s bf16"
         if "sparse_efficiency" in res:
             s += f"; the sparse UResNet reaches {res['sparse_efficiency']:.0%} of the fp32 peak"
+        if "sparse_efficiency_bf16" in res:
+            s += f", {res['sparse_efficiency_bf16']:.0%} of the bf16 peak in bf16"
         lines.append(s + ".")
+    if res.get("targets"):
+        lines += ["", "| target | measured | goal | met |", "|---|---:|---:|---|"]
+        for t in res["targets"]:
+            lines.append(f"| {t['what']} | {t['value']:.3g} | {t['goal']} | {'yes' if t['met'] else 'no'} |")
     if "scaling" in res:
         sc = res["scaling"]
         lines += ["", "| occupancy | active pixels | time (s) | peak memory (MB) |", "|---:|---:|---:|---:|"]

@@ -79,17 +79,23 @@ class Predictor:
     weights: str | None = None
     device: str = "cpu"
     min_scores: dict[int, float] = field(default_factory=dict)
-    precision: str = "fp32"
+    precision: str = "auto"
+    """auto, fp32 or bf16 for the sparse UResNet on CPU (:mod:`sparseseg.models.sparse_infer`):
+    bf16 runs gathers and GEMMs in bfloat16 (float32 accumulation and residuals); auto picks
+    bf16 where the CPU has native bfloat16 instructions (AVX512-BF16 or AMX), fp32 elsewhere.
+    ``sparseseg bench`` prints bf16's agreement with fp32."""
     model_name: str | None = None
     """None: whatever the weights hold; "patch-cnn" (or "uresnet") also checks the weights
     hold that model, and for patch-cnn picks weights/patch_cnn.pt by default."""
-    """fp32, or bf16: the sparse convolutions' GEMMs in bfloat16 on CPU (accumulating in fp32);
-    worth it only on CPUs with AVX512-BF16/AMX. ``sparseseg bench`` prints its agreement."""
     _models: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision {self.precision!r} unknown; expected fp32 or bf16")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision {self.precision!r} unknown; expected auto, fp32 or bf16")
+        if self.precision == "auto":
+            from .models.sparse_infer import cpu_has_bf16
+
+            self.precision = "bf16" if cpu_has_bf16() else "fp32"
 
     def model(self, dim: int):
         if dim not in self._models:
@@ -113,9 +119,13 @@ class Predictor:
                     raise ValueError(f"weights file {path}: patch-cnn works on 2D planes, the input events are {dim}D")
                 model = dense_from(ckpt, path, "patch-cnn").to(self.device)
             else:
-                model = build_from(ckpt, path, self.device)
+                model = build_from(ckpt, path, self.device).eval()
                 check_dim(model, path, dim)
-            self._models[dim] = model.eval()
+                if torch.device(self.device).type == "cpu":
+                    from .models.sparse_infer import FastUResNet
+
+                    model = FastUResNet(model, self.precision)
+            self._models[dim] = model
         return self._models[dim]
 
     @torch.no_grad()
@@ -134,14 +144,8 @@ class Predictor:
                     for ev, o in zip(events, out)]
         keep = [i for i, ev in enumerate(events) if len(ev)]
         if keep:
-            from .models import sparse_cpu
-
             idx, feats, shape, b = collate([events[i] for i in keep], events[0].ndim)
-            sparse_cpu.compute_dtype = torch.bfloat16 if self.precision == "bf16" else None
-            try:
-                probs = torch.softmax(model(idx, feats, shape).float(), dim=1)
-            finally:
-                sparse_cpu.compute_dtype = None
+            probs = torch.softmax(model(idx, feats, shape).float(), dim=1)
             for i, part in zip(keep, split_by_batch(probs, idx, b)):
                 out[i] = part.cpu().numpy()
         return out

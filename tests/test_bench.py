@@ -45,17 +45,31 @@ def test_worker_row_and_error_row():
         bench.run(["nope"])
 
 
-def test_markdown_report():
-    res = {"device": "cpu", "threads": 2, "torch": "x", "event_time_s": 0.25,
+def test_markdown_report_and_targets():
+    res = {"device": "cpu", "threads": 2, "torch": "x", "cpu_bf16": False,
            "rows": [{"model": "uresnet2d", "input": "Y", "time_s_median": 0.1, "peak_mem_mb": 100.0,
-                     "gflops": 5.0, "gflops_per_s": 50.0},
+                     "gflops": 5.0, "gflops_per_s": 50.0, "event_time_s": 0.25, "event_peak_mem_mb": 140.0},
+                    {"model": "uresnet2d-graph", "input": "Y graph", "time_s_median": 0.2, "peak_mem_mb": 90.0,
+                     "event_time_s": 0.5},
                     {"model": "uresnet2d-dense", "input": "Y dense", "time_s_median": 40.0, "peak_mem_mb": 4000.0},
                     {"model": "cvn", "error": "exit 1: boom"}],
-           "ratios": {"dense_over_sparse_time": 400.0, "dense_over_sparse_mem": 40.0},
            "sgemm_fp32_gflops_per_s": 100.0, "sparse_efficiency": 0.5}
+    # the summary _run derives from the rows
+    by = {r["model"]: r for r in res["rows"] if "error" not in r}
+    res.update(deployed="uresnet2d", event_time_s=0.25, event_peak_mem_mb=140.0, speedup_over_graph=2.0,
+               ratios={"dense_over_sparse_time": 400.0, "dense_over_sparse_mem": 40.0,
+                       "dense_over_sparse_time_deployed": 400.0, "dense_over_sparse_mem_deployed": 40.0})
+    assert by["uresnet2d"]["event_time_s"] == 0.25
+    res["targets"] = bench._targets(res)
+    met = {t["target"]: t["met"] for t in res["targets"]}
+    assert met == {"event_time_s": False, "event_peak_mem_mb": True, "dense_over_sparse_time": True,
+                   "dense_over_sparse_mem": True, "efficiency": True}
     text = bench.format_markdown(res)
     assert "| uresnet2d | Y | 0.100 | 100 | 5.0 | 50.0 |" in text
     assert "| cvn | - | error: exit 1: boom | | | |" in text
-    assert "Dense / sparse on the same Y plane: time x400.0, memory x40.0." in text
-    assert "Whole 3-plane uboone event, sparse 2D: 0.250 s." in text
+    assert "| uresnet2d (what `predict` runs here) | 0.250 | 140 |" in text
+    assert "| uresnet2d-graph | 0.500 | - |" in text
+    assert "Inference engine over the training graph, whole event: x2.0." in text
+    assert "Dense / sparse fp32 on the same Y plane: time x400.0, memory x40.0." in text
     assert "reaches 50% of the fp32 peak" in text
+    assert "| 3-plane uboone event, median time (s) | 0.25 | <= 0.1 | no |" in text

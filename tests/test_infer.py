@@ -192,19 +192,21 @@ def test_cli_errors_exit_2_with_one_line(files, tmp_path, capsys):
     assert not (tmp_path / "o.h5").exists()
 
 
-def test_bf16_predictions_agree_with_fp32(files):
+def test_precisions_agree_and_auto_follows_the_cpu(files):
     from sparseseg.io import EventFile
-    from sparseseg.models import sparse_cpu
+    from sparseseg.models.sparse_infer import FastUResNet, cpu_has_bf16
 
     with EventFile(files["events"]) as f:
         events = [f[i] for i in range(3)]
-    a = Predictor(weights=files["weights"]).predict(events)
+    a = Predictor(weights=files["weights"], precision="fp32").predict(events)
     b = Predictor(weights=files["weights"], precision="bf16").predict(events)
-    assert sparse_cpu.compute_dtype is None  # restored after the call
     pa = np.concatenate([p for p, _ in a])
     pb = np.concatenate([p for p, _ in b])
     assert (pa == pb).mean() > 0.98
     diff = max(float(np.abs(x[1] - y[1]).max()) for x, y in zip(a, b))
     assert 0 < diff < 0.1  # bf16 really ran, and stayed close
-    with pytest.raises(ValueError, match="precision 'fp16' unknown; expected fp32 or bf16"):
+    auto = Predictor(weights=files["weights"])
+    assert auto.precision == ("bf16" if cpu_has_bf16() else "fp32")
+    assert isinstance(auto.model(2), FastUResNet)  # CPU inference runs the engine
+    with pytest.raises(ValueError, match="precision 'fp16' unknown; expected auto, fp32 or bf16"):
         Predictor(precision="fp16")

@@ -6,17 +6,15 @@ is kept; the arithmetic is done here as gather -> GEMM -> index_add per offset. 
 - spconv 2.3's CPU path gives wrong results now and then when torch runs more than one
   thread (a few output rows of a strided convolution differ by ~1e-2 between identical
   calls), and its backward asks for a CUDA stream on CPU-only torch builds;
-- in torch the GEMMs can run in bfloat16 where the CPU supports it (see ``compute_dtype``).
+- autograd and torch.autocast see plain torch operations.
+
+Inference does not come here: :mod:`.sparse_infer` runs trained models faster.
 
 Filters use spconv's KRSC layout: (C_out, *kernel, C_in).
 """
 from __future__ import annotations
 
 import torch
-
-compute_dtype: torch.dtype | None = None
-"""When set (e.g. torch.bfloat16), forward GEMMs run in this dtype and accumulate in float32."""
-
 
 def _pairs(indice_pairs: torch.Tensor, indice_pair_num: torch.Tensor, inverse: bool, subm: bool):
     """(k, input rows, output rows) per kernel offset with pairs, as int64 tensors."""
@@ -40,15 +38,12 @@ def indice_conv(features: torch.Tensor, filters: torch.Tensor, indice_pairs: tor
     cout, cin = filters.shape[0], filters.shape[-1]
     w = filters.reshape(cout, -1, cin)
     kv = w.shape[1]
-    dtype = compute_dtype or features.dtype
-    x = features.to(dtype)
-    wk = w.to(dtype)
     if subm:  # the centre offset maps every site to itself
-        out = torch.mm(x, wk[:, kv // 2].t()).to(features.dtype)
+        out = torch.mm(features, w[:, kv // 2].t()).to(features.dtype)  # autocast may give bf16
     else:
         out = features.new_zeros((num_activate_out, cout))
     for k, rows_in, rows_out in _pairs(indice_pairs, indice_pair_num, inverse, subm):
-        out.index_add_(0, rows_out, torch.mm(x.index_select(0, rows_in), wk[:, k].t()).to(out.dtype))
+        out.index_add_(0, rows_out, torch.mm(features.index_select(0, rows_in), w[:, k].t()).to(out.dtype))
     return out
 
 

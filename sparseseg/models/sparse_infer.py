@@ -1,0 +1,275 @@
+"""Fast CPU inference for a trained :class:`~sparseseg.models.uresnet.SparseUResNet`.
+
+The training graph (spconv modules, rulebooks of (input row, output row) pairs per kernel
+offset, a gather -> GEMM -> scatter-add per offset) is general but spends most of its time
+moving rows. For inference the same weights run here as one GEMM per convolution:
+
+- **Submanifold convolutions** gather each site's 3^D neighbours (a missing neighbour reads a
+  zero row) into an (N, 3^D x C_in) matrix and multiply it by the filter reshaped to
+  (3^D x C_in, C_out): no scatter, one large GEMM instead of 3^D small ones.
+- **Strided convolutions** (k=2, s=2) gather the 2^D children of each coarse site the same
+  way; **inverse convolutions** multiply the coarse features by all 2^D filter slices at once
+  and pick each fine site's slice: one GEMM and one gather.
+- **BatchNorm** after a convolution (the second one of each residual block) is folded into
+  that convolution's filter and a bias; the others become one fused multiply-add + ReLU.
+- **Neighbour tables** are built once per forward for each level from sorted site keys
+  (``torch.searchsorted``) and reused by every convolution of the level.
+- **bfloat16** (``precision="bf16"``): gathers and GEMMs in bfloat16 (fp32 accumulation inside
+  the GEMM), residual sums and normalisation in float32. Worth it on CPUs with AVX512-BF16 or
+  AMX; ``sparseseg bench`` prints its agreement with float32.
+
+Rows are processed in chunks so the gathered matrix stays small (``chunk_bytes``): large
+fresh allocations cost page faults that take longer than the gather itself.
+Outputs follow the input rows, as the training model's do.
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+__all__ = ["FastUResNet", "cpu_has_bf16"]
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU has native bfloat16 matrix instructions (AVX512-BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _affine(bn: torch.nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as y = x * scale + shift."""
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    return scale.float(), (bn.bias.detach() - bn.running_mean * scale).float()
+
+
+def _matrix(conv) -> torch.Tensor:
+    """spconv filter (C_out, *kernel, C_in) -> (K x C_in, C_out), offsets row-major."""
+    w = conv.weight.detach().float()
+    cout, cin = w.shape[0], w.shape[-1]
+    return w.reshape(cout, -1, cin).permute(1, 2, 0).reshape(-1, cout).contiguous()
+
+
+class _Level:
+    """Sites of one resolution level, sorted by key, and the tables convolutions need."""
+
+    def __init__(self, coords: torch.Tensor, keys: torch.Tensor, shape: list[int]) -> None:
+        self.coords = coords  # (N, 1 + D) int64, batch first, rows sorted by ``keys``
+        self.keys = keys
+        self.shape = shape
+        self.n = coords.shape[0]
+        self._nbr: torch.Tensor | None = None
+
+    def neighbours(self) -> torch.Tensor:
+        """(N, 3^D) rows of each site's neighbours, offsets row-major (row N where there is none).
+
+        Keys are sorted, so the three neighbours along the last axis of one row of the kernel
+        are consecutive: one ``searchsorted`` per kernel row (3^(D-1)) finds all three.
+        """
+        if self._nbr is None:
+            strides, s = [], 1
+            for size in reversed(self.shape):
+                strides.append(s)
+                s *= size + 2
+            strides = strides[::-1]
+            n, keys = self.n, self.keys
+            cols = []
+            for ks in itertools.product(range(3), repeat=len(self.shape) - 1):
+                first = keys + sum((k - 1) * st for k, st in zip(ks, strides)) - 1
+                pos = torch.searchsorted(keys, first)
+                for dx in range(3):
+                    p = pos.clamp(max=n - 1)
+                    hit = keys[p] == first + dx
+                    cols.append(torch.where(hit, p, n))
+                    pos = pos + hit  # the next key along the row is past a hit
+            self._nbr = torch.stack(cols, dim=1)
+        return self._nbr
+
+
+def _keys(coords: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    """Linear keys with one empty slot each side per axis, so that a neighbour across an edge
+    (x - 1 or x + 1) never aliases a site of the next row."""
+    key = coords[:, 0].clone()
+    for d, size in enumerate(shape):
+        key.mul_(size + 2).add_(coords[:, 1 + d] + 1)
+    return key
+
+
+def _coarsen(level: _Level) -> tuple[_Level, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k=2, s=2 coarser level: (coarse level, parent of each fine site, child slot of each
+    fine site, (N_coarse, 2^D) table of children (row N_fine where there is none))."""
+    dim = len(level.shape)
+    fine = level.coords
+    coarse = fine.clone()
+    coarse[:, 1:] >>= 1
+    shape = [(s + 1) // 2 for s in level.shape]
+    keys, parent = torch.unique(_keys(coarse, shape), sorted=True, return_inverse=True)
+    n_coarse = keys.shape[0]
+    coarse_coords = torch.empty((n_coarse, 1 + dim), dtype=torch.int64)
+    coarse_coords[parent] = coarse
+    slot = torch.zeros(level.n, dtype=torch.int64)
+    for d in range(dim):
+        slot.mul_(2).add_(fine[:, 1 + d] & 1)
+    children = torch.full((n_coarse * 2**dim,), level.n, dtype=torch.int64)
+    children[parent * 2**dim + slot] = torch.arange(level.n)
+    return _Level(coarse_coords, keys, shape), parent, slot, children.view(n_coarse, 2**dim)
+
+
+class FastUResNet:
+    """Inference-only twin of a trained ``SparseUResNet`` (same weights, same outputs).
+
+    ``FastUResNet(model)(indices, features, spatial_shape)`` -> logits (N, num_classes) float32,
+    rows in input order. ``precision``: "fp32" or "bf16".
+    """
+
+    def __init__(self, model, precision: str = "fp32", chunk_bytes: int = 4 << 20) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision {precision!r} unknown; expected fp32 or bf16")
+        self.config = model.config
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.chunk_bytes = int(chunk_bytes)
+        cast = lambda w: w.to(self.dtype).contiguous()  # noqa: E731
+        self.input_scale = float(model.config.input_scale)
+        self.stem = cast(_matrix(model.stem))
+
+        def block(b):
+            s1, t1 = _affine(b.norm1.bn)
+            s2, t2 = _affine(b.norm2.bn)
+            w1 = _matrix(b.conv1) * s2[None, :]  # fold the second BatchNorm into conv1
+            return {
+                "pre": (s1, t1),
+                "w1": cast(w1),
+                "b1": t2.to(self.dtype),
+                "w2": cast(_matrix(b.conv2)),
+                "proj": None if b.shortcut is None else b.shortcut.weight.detach().float().t().contiguous(),
+            }
+
+        self.encoder = [[block(b) for b in blocks] for blocks in model.encoder]
+        self.down = [(_affine(norm.bn), cast(_matrix(conv))) for norm, conv in model.down]
+        self.up = []
+        for norm, inv in model.up:
+            w = inv.weight.detach().float()  # (C_out, *k, C_in)
+            cout, cin = w.shape[0], w.shape[-1]
+            # (C_in, 2^D x C_out): column block j is the filter slice of child slot j
+            wcat = w.reshape(cout, -1, cin).permute(2, 1, 0).reshape(cin, -1)
+            self.up.append((_affine(norm.bn), cast(wcat)))
+        self.decoder = [[block(b) for b in blocks] for blocks in model.decoder]
+        self.head_pre = _affine(model.head_norm)
+        self.head_w = model.head.weight.detach().float().t().contiguous()
+        self.head_b = model.head.bias.detach().float()
+        self.relu_slope = float(model.config.leakiness)
+        self._gbuf: torch.Tensor | None = None  # gather buffer, reused by every convolution
+        self.flops: int | None = None
+        """Set to 0 to count the convolutions' FLOPs (2 x neighbour pairs x C_in x C_out, as
+        the rulebook count of the training graph); costs a little time."""
+
+    # ---------------------------------------------------------------- pieces
+    def _act(self, x: torch.Tensor) -> torch.Tensor:
+        if self.relu_slope > 0:
+            return torch.nn.functional.leaky_relu_(x, self.relu_slope)
+        return torch.relu_(x)
+
+    def _padded(self, n: int, c: int) -> torch.Tensor:
+        """(n + 1, c) buffer in the compute dtype whose last row (the missing neighbour) is 0."""
+        buf = torch.empty((n + 1, c), dtype=self.dtype)
+        buf[n].zero_()
+        return buf
+
+    def _norm_act(self, x: torch.Tensor, affine) -> torch.Tensor:
+        """act(x * scale + shift) into a padded compute-dtype buffer."""
+        scale, shift = affine
+        buf = self._padded(*x.shape)
+        self._act(torch.addcmul(shift, x, scale, out=buf[:-1]))
+        return buf
+
+    def _conv(self, xp: torch.Tensor, table: torch.Tensor, w: torch.Tensor, out: torch.Tensor,
+              accumulate: bool = False, flops: int | None = None) -> torch.Tensor:
+        """out[i] (+)= concat_j xp[table[i, j]] @ w, in chunks of rows; xp is a padded buffer.
+        ``flops``: this convolution's FLOPs where the table does not give them (inverse conv).
+
+        GEMMs only ever see four row counts per filter shape (a full chunk, or a half, quarter or
+        eighth of one for the last chunk), so oneDNN's cache of GEMM primitives stays small and
+        bounded however event sizes vary.
+        """
+        n, k = table.shape
+        c = xp.shape[1]
+        step = max(256, self.chunk_bytes // (k * c * xp.element_size()))
+        size = step * k * c
+        if self._gbuf is None or self._gbuf.numel() < size:
+            self._gbuf = torch.zeros(size, dtype=self.dtype)
+        if self.flops is not None:
+            self.flops += 2 * int((table < xp.shape[0] - 1).sum()) * c * w.shape[1] if flops is None else flops
+        for a in range(0, n, step):
+            rows = table[a:a + step].reshape(-1)
+            m = rows.shape[0] // k
+            mp = step
+            while mp > step >> 3 and mp // 2 >= m:
+                mp //= 2
+            torch.index_select(xp, 0, rows, out=self._gbuf[: m * k * c].view(-1, c))
+            g = self._gbuf[: mp * k * c].view(mp, k * c)  # rows past m: stale but finite, dropped
+            if m == mp and not accumulate:
+                torch.mm(g, w, out=out[a:a + m])
+            elif accumulate:
+                out[a:a + m] += torch.mm(g, w)[:m]
+            else:
+                out[a:a + m] = torch.mm(g, w)[:m]
+        return out
+
+    def _block(self, x: torch.Tensor, p: dict, nbr: torch.Tensor) -> torch.Tensor:
+        """Pre-activation residual block; adds into and returns the float32 residual stream."""
+        n = x.shape[0]
+        identity = x if p["proj"] is None else torch.mm(x, p["proj"])
+        h = self._padded(n, p["w1"].shape[1])
+        self._conv(self._norm_act(x, p["pre"]), nbr, p["w1"], h[:-1])
+        self._act(h[:-1].add_(p["b1"]))  # the folded BatchNorm's shift
+        return self._conv(h, nbr, p["w2"], identity, accumulate=True)
+
+    # ---------------------------------------------------------------- forward
+    @torch.no_grad()
+    def __call__(self, indices: torch.Tensor, features: torch.Tensor, spatial_shape) -> torch.Tensor:
+        cfg = self.config
+        if indices.shape[0] == 0:
+            return torch.zeros((0, cfg.num_classes))
+        if features.shape[1] != cfg.in_channels:
+            raise ValueError(f"uresnet: expected {cfg.in_channels} feature channel(s), got {features.shape[1]}")
+        s = 2 ** (cfg.depth - 1)
+        shape = [int(-(-int(n) // s) * s) for n in spatial_shape]
+        slots = 2 ** len(shape)
+        coords = indices.long()
+        keys = _keys(coords, shape)
+        keys, order = torch.sort(keys)
+        level = _Level(coords[order], keys, shape)
+        xp = self._padded(level.n, cfg.in_channels)
+        xp[:-1] = features[order] * self.input_scale
+        x = self._conv(xp, level.neighbours(), self.stem, torch.zeros((level.n, self.stem.shape[1])), accumulate=True)
+        skips = []
+        for i, blocks in enumerate(self.encoder):
+            nbr = level.neighbours()
+            for p in blocks:
+                x = self._block(x, p, nbr)
+            if i < len(self.down):
+                coarse, parent, slot, children = _coarsen(level)
+                skips.append((x, level, parent * slots + slot))
+                affine, w = self.down[i]
+                x = self._conv(self._norm_act(x, affine), children, w,
+                               torch.zeros((coarse.n, w.shape[1])), accumulate=True)
+                level = coarse
+        for (affine, wcat), blocks in zip(self.up, self.decoder):
+            skip, level, pick = skips.pop()  # frees each finer level's tables once used
+            rows = torch.arange(x.shape[0]).view(-1, 1)  # no gather: every coarse site once
+            y = self._conv(self._norm_act(x, affine), rows, wcat, torch.empty((x.shape[0], wcat.shape[1]), dtype=self.dtype),
+                           flops=2 * pick.shape[0] * wcat.shape[0] * wcat.shape[1] // slots)
+            up = y.view(-1, wcat.shape[1] // slots).index_select(0, pick)
+            x = torch.cat([up, skip], dim=1)  # promotes to float32
+            nbr = level.neighbours()
+            for p in blocks:
+                x = self._block(x, p, nbr)
+        scale, shift = self.head_pre
+        logits = torch.addmm(self.head_b, self._act(torch.addcmul(shift, x, scale)), self.head_w)
+        out = torch.empty_like(logits)
+        out[order] = logits
+        return out
