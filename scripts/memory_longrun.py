@@ -5,12 +5,13 @@ and record the resident memory (RSS) after each.
     python scripts/memory_longrun.py --model roi-mobilenetv3 -n 1000       # a dense model
     python scripts/memory_longrun.py --model all -n 1000 --json mem.json   # every model, one process each
 
-Sparse models segment all three planes of each event (shapes vary with every event: new
-rulebooks each time). Dense models get an input whose size varies from event to event as well
-(the event's active wire range, for oneDNN's shape-keyed caches): ROI models a 3 x W x 600
-map, the dense UResNet twin a W x 1008 crop of the Y plane, the CVN 3 x 500 x 500 views.
+The sparse UResNet runs as `sparseseg predict` does (the inference engine at precision auto,
+shipped weights unless --weights) on all three planes of each event: sizes vary with every
+event. Dense models get an input whose size varies from event to event as well (the event's
+active wire range, clipped to [64, --max-width], for oneDNN's shape-keyed caches): ROI models a
+3 x W x 600 map, the dense UResNet twin a W x 1008 crop of the Y plane, the CVN 3 x 500 x 500
+views; their weights are random (memory does not depend on their values).
 Reports RSS at event 100 and at the end and their difference (the target is < 50 MB).
-Weights are random (memory does not depend on their values) unless --weights is given.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def one(model_name: str, n: int, seed: int, weights: str | None, threads: int) -> dict:
+def one(model_name: str, n: int, seed: int, weights: str | None, threads: int, max_width: int = 2400) -> dict:
     import torch
 
     from sparseseg.models import build_model
@@ -41,13 +42,13 @@ def one(model_name: str, n: int, seed: int, weights: str | None, threads: int) -
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    if weights:
-        from sparseseg.checkpoint import load_model
+    if model_name == "uresnet":
+        from sparseseg.infer import Predictor
 
-        model, _ = load_model(weights)
+        predictor = Predictor(weights=weights)
+        model = predictor.scores
     else:
-        model = build_model(model_name, **({"dim": 2} if model_name.startswith("uresnet") else {}))
-    model.eval()
+        model = build_model(model_name).eval()
     rss, t0 = [], time.perf_counter()
     with torch.no_grad():
         for k in range(n):
@@ -56,7 +57,7 @@ def one(model_name: str, n: int, seed: int, weights: str | None, threads: int) -
                 model(planes)
             else:
                 wires = planes[2].coords[:, 1]
-                width = int(np.clip(wires.max() - wires.min() + 1 if len(wires) else 64, 64, 2400))
+                width = int(np.clip(wires.max() - wires.min() + 1 if len(wires) else 64, 64, max_width))
                 if model_name == "cvn":
                     x = torch.rand(1, 3, 500, 500) * 50
                 elif model_name == "uresnet-dense":
@@ -71,7 +72,8 @@ def one(model_name: str, n: int, seed: int, weights: str | None, threads: int) -
     ref = min(100, n) - 1
     return {"model": model_name, "events": n, "rss_mb_at_100": rss[ref], "rss_mb_at_end": rss[-1],
             "growth_mb": rss[-1] - rss[ref], "rss_mb_max": max(rss), "rss_mb": rss[::10],
-            "wall_s": time.perf_counter() - t0, "seed": seed}
+            "wall_s": time.perf_counter() - t0, "seed": seed, "threads": torch.get_num_threads(),
+            **({"precision": predictor.precision} if model_name == "uresnet" else {"max_width": max_width})}
 
 
 def main(argv=None) -> int:
@@ -81,6 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=4242)
     p.add_argument("--weights")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--max-width", type=int, default=2400, help="widest dense input in wires (default: a full plane)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     if args.model == "all":  # one fresh process per model
@@ -91,11 +94,11 @@ def main(argv=None) -> int:
             for m in ("uresnet",) + DENSE:
                 js = f"{tmp}/{m}.json"
                 cmd = [sys.executable, __file__, "--model", m, "-n", str(args.n), "--seed", str(args.seed),
-                       "--threads", str(args.threads), "--json", js]
+                       "--threads", str(args.threads), "--max-width", str(args.max_width), "--json", js]
                 out = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                 rows.append(json.load(open(js)) if out.returncode == 0 else {"model": m, "error": out.stderr.strip()[-300:]})
     else:
-        rows = one(args.model, args.n, args.seed, args.weights, args.threads)
+        rows = one(args.model, args.n, args.seed, args.weights, args.threads, args.max_width)
     for r in rows if isinstance(rows, list) else [rows]:
         if "error" in r:
             print(f"{r['model']:>16}: error {r['error']}")

@@ -163,6 +163,8 @@ class FastUResNet:
         self.head_b = model.head.bias.detach().float()
         self.relu_slope = float(model.config.leakiness)
         self._gbuf: torch.Tensor | None = None  # gather buffer, reused by every convolution
+        self.pairs_below = 0.5
+        """float32 convolutions whose neighbour tables are less full than this go pair-wise."""
         self.flops: int | None = None
         """Set to 0 to count the convolutions' FLOPs (2 x neighbour pairs x C_in x C_out, as
         the rulebook count of the training graph); costs a little time."""
@@ -187,8 +189,10 @@ class FastUResNet:
         return buf
 
     def _conv(self, xp: torch.Tensor, table: torch.Tensor, w: torch.Tensor, out: torch.Tensor,
-              accumulate: bool = False, flops: int | None = None) -> torch.Tensor:
-        """out[i] (+)= concat_j xp[table[i, j]] @ w, in chunks of rows; xp is a padded buffer.
+              accumulate: bool = False, flops: int | None = None, bias: torch.Tensor | None = None,
+              act: bool = False) -> torch.Tensor:
+        """out[i] (+)= concat_j xp[table[i, j]] @ w (+ bias, then the activation if ``act``), in
+        chunks of rows; xp is a padded buffer.
         ``flops``: this convolution's FLOPs where the table does not give them (inverse conv).
 
         GEMMs only ever see four row counts per filter shape (a full chunk, or a half, quarter or
@@ -197,6 +201,13 @@ class FastUResNet:
         """
         n, k = table.shape
         c = xp.shape[1]
+        if self.dtype == torch.float32 and k > 1 and n:
+            valid = table < xp.shape[0] - 1
+            if float(valid.sum()) < self.pairs_below * valid.numel():
+                self._conv_pairs(xp, table, valid, w, out, accumulate, flops)
+                if bias is not None:
+                    out += bias
+                return self._act(out) if act else out
         step = max(256, self.chunk_bytes // (k * c * xp.element_size()))
         size = step * k * c
         if self._gbuf is None or self._gbuf.numel() < size:
@@ -211,12 +222,33 @@ class FastUResNet:
                 mp //= 2
             torch.index_select(xp, 0, rows, out=self._gbuf[: m * k * c].view(-1, c))
             g = self._gbuf[: mp * k * c].view(mp, k * c)  # rows past m: stale but finite, dropped
-            if m == mp and not accumulate:
-                torch.mm(g, w, out=out[a:a + m])
-            elif accumulate:
-                out[a:a + m] += torch.mm(g, w)[:m]
+            chunk = out[a:a + m]
+            if accumulate:
+                chunk += torch.mm(g, w)[:m]
+            elif m == mp:
+                torch.mm(g, w, out=chunk) if bias is None else torch.addmm(bias, g, w, out=chunk)
             else:
-                out[a:a + m] = torch.mm(g, w)[:m]
+                chunk.copy_((torch.mm(g, w) if bias is None else torch.addmm(bias, g, w))[:m])
+            if act:  # while the chunk is in cache
+                self._act(chunk)
+        return out
+
+    def _conv_pairs(self, xp, table, valid, w, out, accumulate, flops) -> torch.Tensor:
+        """:meth:`_conv` for tables with few neighbours (3D): per kernel offset, gather the sites
+        that have that neighbour, GEMM, scatter-add. float32 only (row counts follow the event)."""
+        n, k = table.shape
+        c = xp.shape[1]
+        wk = w.view(k, c, -1)
+        if not accumulate:
+            out.zero_()
+        for j in range(k):
+            rows_out = valid[:, j].nonzero().squeeze(1)
+            if rows_out.numel() == n and bool((table[:, j] == torch.arange(n)).all()):
+                out += torch.mm(xp[:-1], wk[j])  # the centre of a submanifold convolution
+            elif rows_out.numel():
+                out.index_add_(0, rows_out, torch.mm(xp.index_select(0, table[rows_out, j]), wk[j]))
+        if self.flops is not None:
+            self.flops += 2 * int(valid.sum()) * c * w.shape[1] if flops is None else flops
         return out
 
     def _block(self, x: torch.Tensor, p: dict, nbr: torch.Tensor) -> torch.Tensor:
@@ -224,8 +256,7 @@ class FastUResNet:
         n = x.shape[0]
         identity = x if p["proj"] is None else torch.mm(x, p["proj"])
         h = self._padded(n, p["w1"].shape[1])
-        self._conv(self._norm_act(x, p["pre"]), nbr, p["w1"], h[:-1])
-        self._act(h[:-1].add_(p["b1"]))  # the folded BatchNorm's shift
+        self._conv(self._norm_act(x, p["pre"]), nbr, p["w1"], h[:-1], bias=p["b1"], act=True)  # folded BatchNorm
         return self._conv(h, nbr, p["w2"], identity, accumulate=True)
 
     # ---------------------------------------------------------------- forward
