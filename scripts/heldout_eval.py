@@ -61,11 +61,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=31337, help="held-out simulator seed (default 31337)")
     p.add_argument("--out", help="folder (default runs/heldout/<weights stem>)")
     p.add_argument("--min-score", action="append", default=[], metavar="CLASS=SCORE")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="as for `sparseseg predict`")
     args = p.parse_args(argv)
 
     from sparseseg.infer import parse_min_scores
 
-    out = Path(args.out or f"runs/heldout/{Path(args.weights).stem}")
+    out = Path(args.out or f"runs/heldout/{Path(args.weights).stem}-{args.precision}")
     out.mkdir(parents=True, exist_ok=True)
     events = out / f"{args.preset}-seed{args.seed}-n{args.n}.h5"
     if not events.exists():
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     pred = out / "pred.h5"
     if pred.exists():
         pred.unlink()
-    predictor = Predictor(weights=args.weights, min_scores=parse_min_scores(args.min_score))
+    predictor = Predictor(weights=args.weights, min_scores=parse_min_scores(args.min_score), precision=args.precision)
     r = predict_file(str(events), str(pred), predictor)
     r["threads"] = torch.get_num_threads()
     r["peak_rss_mb"] = peak_rss_mb()
@@ -87,7 +88,8 @@ def main(argv=None) -> int:
     print(format_table(s))
     (out / "metrics.json").write_text(json.dumps({"summary": s, "timing": r, "weights": args.weights,
                                                   "preset": args.preset, "seed": args.seed, "n": args.n,
-                                                  "min_scores": args.min_score}, indent=2))
+                                                  "min_scores": args.min_score, "precision": predictor.precision},
+                                                 indent=2))
     confusion_heatmap(acc.matrix, str(out / "confusion.png"),
                       title=f"{Path(args.weights).name}: {args.n} held-out {args.preset} interactions (seed {args.seed})")
     title = f"Held-out {args.preset}: {args.n} interactions, seed {args.seed}"
