@@ -10,17 +10,20 @@ moving rows. For inference the same weights run here as one GEMM per convolution
 - **Strided convolutions** (k=2, s=2) gather the 2^D children of each coarse site the same
   way; **inverse convolutions** multiply the coarse features by all 2^D filter slices at once
   and pick each fine site's slice: one GEMM and one gather.
-- **BatchNorm** after a convolution (the second one of each residual block) is folded into
-  that convolution's filter and a bias; the others become one fused multiply-add + ReLU.
+- **BatchNorm** that follows a convolution (the middle one of each residual block) is folded
+  into that convolution's filter and a bias; the others become a multiply-add + ReLU.
 - **Neighbour tables** are built once per forward for each level from sorted site keys
-  (``torch.searchsorted``) and reused by every convolution of the level.
+  (``torch.searchsorted``) and reused by every convolution of the level. Where they are mostly
+  empty (3D volumes) float32 convolutions go pair-wise instead (gather, GEMM, scatter-add per
+  offset, as the training graph does).
 - **bfloat16** (``precision="bf16"``): gathers and GEMMs in bfloat16 (fp32 accumulation inside
   the GEMM), residual sums and normalisation in float32. Worth it on CPUs with AVX512-BF16 or
   AMX; ``sparseseg bench`` prints its agreement with float32.
 
 Rows are processed in chunks so the gathered matrix stays small (``chunk_bytes``): large
 fresh allocations cost page faults that take longer than the gather itself.
-Outputs follow the input rows, as the training model's do.
+Outputs follow the input rows, as the training model's do. One instance is not meant to be
+called from several Python threads at once (it reuses a gather buffer).
 """
 from __future__ import annotations
 
