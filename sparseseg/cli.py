@@ -404,11 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="time and peak memory per model, sparse vs dense, cost vs occupancy",
                        description="Benchmark models on full-size inputs (a uboone Y plane and 3-plane event, a pilarnet "
                                    "volume, a full ROI plane, 3 x 500 x 500 CVN views), each in a fresh process: median time "
-                                   "after a warm-up and peak memory above a no-model baseline. Also: dense/sparse ratios on "
-                                   "the same Y plane, FLOP/s against a torch.mm peak, and sparse time vs occupancy.")
-    s.add_argument("--models", help="comma-separated subset (default: all but uresnet2d-bf16); "
-                                     "names: uresnet2d, uresnet2d-bf16, uresnet2d-dense, uresnet3d, roi-unet, "
-                                     "roi-mobilenetv2, roi-mobilenetv3, roi-transformer, cvn")
+                                   "after a warm-up and peak memory above a no-model baseline (sparse rows use the shipped "
+                                   "weights). Also: dense/sparse ratios on the same Y plane, FLOP/s against a torch.mm peak, "
+                                   "sparse time vs occupancy, and the performance targets met or not.")
+    s.add_argument("--models", help="comma-separated subset (default: all); names: uresnet2d (inference engine, "
+                                     "fp32), uresnet2d-bf16 (engine, bf16, with its agreement), uresnet2d-graph (the "
+                                     "training graph), uresnet2d-dense, uresnet3d, roi-unet, roi-mobilenetv2, "
+                                     "roi-mobilenetv3, roi-transformer, cvn")
     s.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     s.add_argument("--reps", type=int, default=5, help="timed repetitions after the warm-up (default: 5)")
     s.add_argument("--device", default="cpu", help="cpu or cuda")

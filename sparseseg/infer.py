@@ -180,6 +180,7 @@ def predict_file(path: str, output: str, predictor: Predictor, progress: bool = 
                  if isinstance(v, (int, float, str)) and k not in _RESERVED_ATTRS}
         attrs["source_file"] = str(Path(path).name)
         attrs["min_scores"] = ";".join(f"{CLASS_NAMES[c]}={s}" for c, s in sorted(predictor.min_scores.items()))
+        attrs["precision"] = predictor.precision
         if len(f):
             predictor.model(f.D)  # fail early on missing or mismatched weights
         with EventWriter(output, extras=EXTRAS, attrs=attrs, resume=True) as w:

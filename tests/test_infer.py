@@ -57,6 +57,7 @@ def test_output_layout_matches_direct_prediction(files, tmp_path):
     r = predict_file(files["events"], str(out), Predictor(weights=files["weights"]), progress=False)
     assert r["images"] == files["n"] and r["events"] == 3 and r["resumed_from"] == 0
     got = _read_all(str(out))
+    assert got["attrs"]["precision"] == Predictor().precision  # the resolved choice, for provenance
     with EventFile(files["events"]) as f:
         events = [f[i] for i in range(len(f))]
     direct = Predictor(weights=files["weights"]).predict(events[:3])  # first interaction, one batch
@@ -97,6 +98,10 @@ def test_hard_kill_then_rerun_equals_uninterrupted(files, tmp_path):
     assert not killed.exists()  # nothing half-written under the final name
     partial = [q for q in tmp_path.iterdir() if q.name.startswith("killed.h5")]
     assert partial, "the interrupted run left no partial file to resume"
+    other = "fp32" if Predictor().precision == "bf16" else "bf16"
+    with pytest.raises(ValueError, match=f'cannot resume: it was written with .*"precision": "{Predictor().precision}"'):
+        predict_file(files["events"], str(killed), Predictor(weights=files["weights"], precision=other), progress=False)
+    assert [q for q in tmp_path.iterdir() if q.name.startswith("killed.h5")] == partial  # left as it was
     r = predict_file(files["events"], str(killed), Predictor(weights=files["weights"]), progress=False)
     assert r["resumed_from"] == 4  # one flushed buffer survived; resumes inside the second interaction
     a, b = _read_all(str(whole)), _read_all(str(killed))
