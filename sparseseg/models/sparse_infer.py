@@ -198,9 +198,9 @@ class FastUResNet:
         chunks of rows; xp is a padded buffer.
         ``flops``: this convolution's FLOPs where the table does not give them (inverse conv).
 
-        GEMMs only ever see four row counts per filter shape (a full chunk, or a half, quarter or
-        eighth of one for the last chunk), so oneDNN's cache of GEMM primitives stays small and
-        bounded however event sizes vary.
+        GEMMs only ever see two row counts per filter shape (a chunk, or a quarter of one for a
+        short last chunk), so oneDNN's cache of GEMM primitives stays small and bounded however
+        event sizes vary.
         """
         n, k = table.shape
         c = xp.shape[1]
@@ -220,9 +220,7 @@ class FastUResNet:
         for a in range(0, n, step):
             rows = table[a:a + step].reshape(-1)
             m = rows.shape[0] // k
-            mp = step
-            while mp > step >> 3 and mp // 2 >= m:
-                mp //= 2
+            mp = step if m > step // 4 else step // 4
             torch.index_select(xp, 0, rows, out=self._gbuf[: m * k * c].view(-1, c))
             g = self._gbuf[: mp * k * c].view(mp, k * c)  # rows past m: stale but finite, dropped
             chunk = out[a:a + m]
