@@ -16,9 +16,9 @@ moving rows. For inference the same weights run here as one GEMM per convolution
   (``torch.searchsorted``) and reused by every convolution of the level. Where they are mostly
   empty (3D volumes) float32 convolutions go pair-wise instead (gather, GEMM, scatter-add per
   offset, as the training graph does).
-- **bfloat16** (``precision="bf16"``): gathers and GEMMs in bfloat16 (fp32 accumulation inside
-  the GEMM), residual sums and normalisation in float32. Worth it on CPUs with AVX512-BF16 or
-  AMX; ``sparseseg bench`` prints its agreement with float32.
+- **bfloat16** (``precision="bf16"``): activations, gathers and GEMMs in bfloat16 (the GEMMs
+  accumulate in float32; BatchNorm folding and the output head in float32). Worth it on CPUs
+  with AVX512-BF16 or AMX; ``sparseseg bench`` prints its agreement with float32.
 
 Rows are processed in chunks so the gathered matrix stays small (``chunk_bytes``): large
 fresh allocations cost page faults that take longer than the gather itself.
@@ -144,22 +144,23 @@ class FastUResNet:
             s2, t2 = _affine(b.norm2.bn)
             w1 = _matrix(b.conv1) * s2[None, :]  # fold the second BatchNorm into conv1
             return {
-                "pre": (s1, t1),
+                "pre": (s1.to(self.dtype), t1.to(self.dtype)),
                 "w1": cast(w1),
                 "b1": t2.to(self.dtype),
                 "w2": cast(_matrix(b.conv2)),
-                "proj": None if b.shortcut is None else b.shortcut.weight.detach().float().t().contiguous(),
+                "proj": None if b.shortcut is None else b.shortcut.weight.detach().float().t().contiguous().to(self.dtype),
             }
 
         self.encoder = [[block(b) for b in blocks] for blocks in model.encoder]
-        self.down = [(_affine(norm.bn), cast(_matrix(conv))) for norm, conv in model.down]
+        rd = lambda a: (a[0].to(self.dtype), a[1].to(self.dtype))  # noqa: E731
+        self.down = [(rd(_affine(norm.bn)), cast(_matrix(conv))) for norm, conv in model.down]
         self.up = []
         for norm, inv in model.up:
             w = inv.weight.detach().float()  # (C_out, *k, C_in)
             cout, cin = w.shape[0], w.shape[-1]
             # (C_in, 2^D x C_out): column block j is the filter slice of child slot j
             wcat = w.reshape(cout, -1, cin).permute(2, 1, 0).reshape(cin, -1)
-            self.up.append((_affine(norm.bn), cast(wcat)))
+            self.up.append((rd(_affine(norm.bn)), cast(wcat)))
         self.decoder = [[block(b) for b in blocks] for blocks in model.decoder]
         self.head_pre = _affine(model.head_norm)
         self.head_w = model.head.weight.detach().float().t().contiguous()
@@ -252,10 +253,15 @@ class FastUResNet:
             self.flops += 2 * int(valid.sum()) * c * w.shape[1] if flops is None else flops
         return out
 
+    def _rows_mm(self, x: torch.Tensor, w: torch.Tensor, flops: int = 0) -> torch.Tensor:
+        """x @ w through :meth:`_conv` (no gather needed), so the GEMM row counts stay bounded."""
+        rows = torch.arange(x.shape[0]).view(-1, 1)
+        return self._conv(x, rows, w, torch.empty((x.shape[0], w.shape[1]), dtype=self.dtype), flops=flops)
+
     def _block(self, x: torch.Tensor, p: dict, nbr: torch.Tensor) -> torch.Tensor:
         """Pre-activation residual block; adds into and returns the float32 residual stream."""
         n = x.shape[0]
-        identity = x if p["proj"] is None else torch.mm(x, p["proj"])
+        identity = x if p["proj"] is None else self._rows_mm(x, p["proj"])
         h = self._padded(n, p["w1"].shape[1])
         self._conv(self._norm_act(x, p["pre"]), nbr, p["w1"], h[:-1], bias=p["b1"], act=True)  # folded BatchNorm
         return self._conv(h, nbr, p["w2"], identity, accumulate=True)
@@ -277,7 +283,7 @@ class FastUResNet:
         level = _Level(coords[order], keys, shape)
         xp = self._padded(level.n, cfg.in_channels)
         xp[:-1] = features[order] * self.input_scale
-        x = self._conv(xp, level.neighbours(), self.stem, torch.zeros((level.n, self.stem.shape[1])), accumulate=True)
+        x = self._conv(xp, level.neighbours(), self.stem, torch.zeros((level.n, self.stem.shape[1]), dtype=self.dtype), accumulate=True)
         skips = []
         for i, blocks in enumerate(self.encoder):
             nbr = level.neighbours()
@@ -288,20 +294,19 @@ class FastUResNet:
                 skips.append((x, level, parent * slots + slot))
                 affine, w = self.down[i]
                 x = self._conv(self._norm_act(x, affine), children, w,
-                               torch.zeros((coarse.n, w.shape[1])), accumulate=True)
+                               torch.zeros((coarse.n, w.shape[1]), dtype=self.dtype), accumulate=True)
                 level = coarse
         for (affine, wcat), blocks in zip(self.up, self.decoder):
             skip, level, pick = skips.pop()  # frees each finer level's tables once used
-            rows = torch.arange(x.shape[0]).view(-1, 1)  # no gather: every coarse site once
-            y = self._conv(self._norm_act(x, affine), rows, wcat, torch.empty((x.shape[0], wcat.shape[1]), dtype=self.dtype),
-                           flops=2 * pick.shape[0] * wcat.shape[0] * wcat.shape[1] // slots)
+            y = self._rows_mm(self._norm_act(x, affine)[:-1], wcat,  # (N_coarse, 2^D x C_out)
+                              flops=2 * pick.shape[0] * wcat.shape[0] * wcat.shape[1] // slots)
             up = y.view(-1, wcat.shape[1] // slots).index_select(0, pick)
-            x = torch.cat([up, skip], dim=1)  # promotes to float32
+            x = torch.cat([up, skip], dim=1)
             nbr = level.neighbours()
             for p in blocks:
                 x = self._block(x, p, nbr)
         scale, shift = self.head_pre
-        logits = torch.addmm(self.head_b, self._act(torch.addcmul(shift, x, scale)), self.head_w)
+        logits = torch.addmm(self.head_b, self._act(torch.addcmul(shift, x.float(), scale)), self.head_w)
         out = torch.empty_like(logits)
         out[order] = logits
         return out
