@@ -37,17 +37,18 @@ MODELS = {
     "uresnet2d-bf16": ("uresnet", {"dim": 2}, "uboone Y plane 1008 x 3456 (sparse, bf16)"),
     "uresnet2d-graph": ("uresnet", {"dim": 2}, "uboone Y plane 1008 x 3456 (sparse, training graph, fp32)"),
     "uresnet2d-dense": ("uresnet-dense", {"dim": 2}, "uboone Y plane 1008 x 3456 (dense)"),
-    "uresnet3d": ("uresnet", {"dim": 3}, "pilarnet volume 768^3 (sparse, fp32)"),
+    "uresnet3d": ("uresnet", {"dim": 3}, "pilarnet volume 768^3 (sparse, training graph, fp32)"),
+    "uresnet3d-bf16": ("uresnet", {"dim": 3}, "pilarnet volume 768^3 (sparse, bf16)"),
     "roi-unet": ("roi-unet", {}, "full U plane 3 x 2400 x 600"),
     "roi-mobilenetv2": ("roi-mobilenetv2", {}, "full U plane 3 x 2400 x 600"),
     "roi-mobilenetv3": ("roi-mobilenetv3", {}, "full U plane 3 x 2400 x 600"),
     "roi-transformer": ("roi-transformer", {}, "full U plane 3 x 2400 x 600"),
     "cvn": ("cvn", {}, "3 views x 500 x 500"),
 }
-"""Sparse rows run :class:`~sparseseg.models.sparse_infer.FastUResNet` (what ``predict`` uses
-on CPU) with the shipped weights; ``uresnet2d-graph`` runs the training graph (spconv modules
-and rulebooks) for comparison."""
-DEFAULT_MODELS = ("uresnet2d", "uresnet2d-bf16", "uresnet2d-graph", "uresnet2d-dense", "uresnet3d", "roi-unet",
+"""Sparse rows run what ``predict`` runs on CPU, with the shipped weights: the inference engine
+(:class:`~sparseseg.models.sparse_infer.FastUResNet`) for 2D and for bf16, the training graph
+(spconv modules and rulebooks) for 3D in fp32; ``uresnet2d-graph`` is the 2D training graph."""
+DEFAULT_MODELS = ("uresnet2d", "uresnet2d-bf16", "uresnet2d-graph", "uresnet2d-dense", "uresnet3d", "uresnet3d-bf16", "roi-unet",
                   "roi-mobilenetv2", "roi-mobilenetv3", "roi-transformer", "cvn")
 SHIPPED = {2: "weights/uresnet2d.pt", 3: "weights/uresnet3d.pt"}
 """Relative to the repository root; sparse rows use random weights where these are missing."""
@@ -194,7 +195,7 @@ def _sparse_rows(row, name, dim, plane, event, reps, device, sync, baseline) -> 
     from .models.uresnet import collate
 
     cuda = torch.device(device).type == "cuda"
-    graph = cuda or name.endswith("-graph")
+    graph = cuda or name.endswith("-graph") or name == "uresnet3d"
     model = _sparse_model(dim, row).to(device).eval()
     fast = None if graph else FastUResNet(model, "bf16" if name.endswith("bf16") else "fp32")
     if fast is not None:
@@ -242,7 +243,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     cuda = device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     row: dict[str, Any] = {"model": name, "input": desc, "device": device, "threads": torch.get_num_threads()}
-    if name == "uresnet2d-bf16" and not cuda and not cpu_has_bf16():
+    if name.endswith("-bf16") and not cuda and not cpu_has_bf16():
         return dict(row, error="this CPU has no native bfloat16 (AVX512-BF16/AMX): skipped")
     # ---- input (part of the baseline); events come pickled from the parent so that the
     # simulator's own memory peak does not hide the model's

@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "sparse time vs occupancy, and the performance targets met or not.")
     s.add_argument("--models", help="comma-separated subset (default: all); names: uresnet2d (inference engine, "
                                      "fp32), uresnet2d-bf16 (engine, bf16, with its agreement), uresnet2d-graph (the "
-                                     "training graph), uresnet2d-dense, uresnet3d, roi-unet, roi-mobilenetv2, "
+                                     "training graph), uresnet2d-dense, uresnet3d, uresnet3d-bf16, roi-unet, roi-mobilenetv2, "
                                      "roi-mobilenetv3, roi-transformer, cvn")
     s.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     s.add_argument("--reps", type=int, default=5, help="timed repetitions after the warm-up (default: 5)")

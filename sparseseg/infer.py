@@ -121,7 +121,9 @@ class Predictor:
             else:
                 model = build_from(ckpt, path, self.device).eval()
                 check_dim(model, path, dim)
-                if torch.device(self.device).type == "cpu":
+                # the inference engine on CPU; 3D in fp32 keeps the training graph, which is
+                # faster there (most of the 27 neighbours are missing): 0.13 s vs 0.15 s a volume
+                if torch.device(self.device).type == "cpu" and (dim == 2 or self.precision == "bf16"):
                     from .models.sparse_infer import FastUResNet
 
                     model = FastUResNet(model, self.precision)

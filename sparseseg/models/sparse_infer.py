@@ -13,9 +13,9 @@ moving rows. For inference the same weights run here as one GEMM per convolution
 - **BatchNorm** that follows a convolution (the middle one of each residual block) is folded
   into that convolution's filter and a bias; the others become a multiply-add + ReLU.
 - **Neighbour tables** are built once per forward for each level from sorted site keys
-  (``torch.searchsorted``) and reused by every convolution of the level. Where they are mostly
-  empty (3D volumes) float32 convolutions go pair-wise instead (gather, GEMM, scatter-add per
-  offset, as the training graph does).
+  (``torch.searchsorted``) and reused by every convolution of the level. In 3D most of the 27
+  neighbours are missing, so in float32 the training graph is faster there (``Predictor``
+  keeps it for 3D fp32); in bfloat16 this engine is.
 - **bfloat16** (``precision="bf16"``): activations, gathers and GEMMs in bfloat16 (the GEMMs
   accumulate in float32; BatchNorm folding and the output head in float32). Worth it on CPUs
   with AVX512-BF16 or AMX; ``sparseseg bench`` prints its agreement with float32.
@@ -167,8 +167,6 @@ class FastUResNet:
         self.head_b = model.head.bias.detach().float()
         self.relu_slope = float(model.config.leakiness)
         self._gbuf: torch.Tensor | None = None  # gather buffer, reused by every convolution
-        self.pairs_below = 0.5
-        """float32 convolutions whose neighbour tables are less full than this go pair-wise."""
         self.flops: int | None = None
         """Set to 0 to count the convolutions' FLOPs (2 x neighbour pairs x C_in x C_out, as
         the rulebook count of the training graph); costs a little time."""
@@ -205,13 +203,6 @@ class FastUResNet:
         """
         n, k = table.shape
         c = xp.shape[1]
-        if self.dtype == torch.float32 and k > 1 and n:
-            valid = table < xp.shape[0] - 1
-            if float(valid.sum()) < self.pairs_below * valid.numel():
-                self._conv_pairs(xp, table, valid, w, out, accumulate, flops)
-                if bias is not None:
-                    out += bias
-                return self._act(out) if act else out
         step = max(256, self.chunk_bytes // (k * c * xp.element_size()))
         size = step * k * c
         if self._gbuf is None or self._gbuf.numel() < size:
@@ -233,24 +224,6 @@ class FastUResNet:
                 chunk.copy_((torch.mm(g, w) if bias is None else torch.addmm(bias, g, w))[:m])
             if act:  # while the chunk is in cache
                 self._act(chunk)
-        return out
-
-    def _conv_pairs(self, xp, table, valid, w, out, accumulate, flops) -> torch.Tensor:
-        """:meth:`_conv` for tables with few neighbours (3D): per kernel offset, gather the sites
-        that have that neighbour, GEMM, scatter-add. float32 only (row counts follow the event)."""
-        n, k = table.shape
-        c = xp.shape[1]
-        wk = w.view(k, c, -1)
-        if not accumulate:
-            out.zero_()
-        for j in range(k):
-            rows_out = valid[:, j].nonzero().squeeze(1)
-            if rows_out.numel() == n and bool((table[:, j] == torch.arange(n)).all()):
-                out += torch.mm(xp[:-1], wk[j])  # the centre of a submanifold convolution
-            elif rows_out.numel():
-                out.index_add_(0, rows_out, torch.mm(xp.index_select(0, table[rows_out, j]), wk[j]))
-        if self.flops is not None:
-            self.flops += 2 * int(valid.sum()) * c * w.shape[1] if flops is None else flops
         return out
 
     def _rows_mm(self, x: torch.Tensor, w: torch.Tensor, flops: int = 0) -> torch.Tensor:
