@@ -77,7 +77,16 @@ def test_cvn_trains_from_the_command_line(tmp_path, capsys):
 def test_shipped_dense_configs_resolve():
     from pathlib import Path
 
+    from sparseseg.models import build_model
+
     root = Path(__file__).resolve().parent.parent
-    for name in ("roi_mobilenetv3", "cvn"):
-        cfg = resolve(yaml.safe_load((root / "configs" / f"{name}.yaml").read_text()))
-        assert cfg["model"]["name"] in ("roi-mobilenetv3", "cvn")
+    names = {}
+    for path in sorted((root / "configs").glob("*.yaml")):
+        cfg = resolve(yaml.safe_load(path.read_text()))
+        mcfg = dict(cfg["model"])
+        name = mcfg.pop("name")
+        build_model(name, **mcfg)  # every option is one the model knows
+        names[path.stem] = name
+    # every trainable model has a config
+    assert set(names.values()) >= {"uresnet", "roi-unet", "roi-mobilenetv2", "roi-mobilenetv3",
+                                   "roi-transformer", "cvn", "patch-cnn"}
