@@ -243,7 +243,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     cuda = device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     row: dict[str, Any] = {"model": name, "input": desc, "device": device, "threads": torch.get_num_threads()}
-    if name.endswith("-bf16") and not cuda and not cpu_has_bf16():
+    if name.endswith("-bf16") and cuda:
+        return dict(row, error="bf16 rows measure the CPU inference engine: skipped on cuda")
+    if name.endswith("-bf16") and not cpu_has_bf16():
         return dict(row, error="this CPU has no native bfloat16 (AVX512-BF16/AMX): skipped")
     # ---- input (part of the baseline); events come pickled from the parent so that the
     # simulator's own memory peak does not hide the model's

@@ -81,9 +81,9 @@ class Predictor:
     min_scores: dict[int, float] = field(default_factory=dict)
     precision: str = "auto"
     """auto, fp32 or bf16 for the sparse UResNet on CPU (:mod:`sparseseg.models.sparse_infer`):
-    bf16 runs gathers and GEMMs in bfloat16 (float32 accumulation and residuals); auto picks
-    bf16 where the CPU has native bfloat16 instructions (AVX512-BF16 or AMX), fp32 elsewhere.
-    ``sparseseg bench`` prints bf16's agreement with fp32."""
+    bf16 keeps activations and runs gathers and GEMMs in bfloat16 (the GEMMs accumulate in
+    float32); auto picks bf16 where the CPU has native bfloat16 instructions (AVX512-BF16 or
+    AMX), fp32 elsewhere and on GPUs. ``sparseseg bench`` prints bf16's agreement with fp32."""
     model_name: str | None = None
     """None: whatever the weights hold; "patch-cnn" (or "uresnet") also checks the weights
     hold that model, and for patch-cnn picks weights/patch_cnn.pt by default."""
@@ -92,10 +92,13 @@ class Predictor:
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision {self.precision!r} unknown; expected auto, fp32 or bf16")
+        cpu = torch.device(self.device).type == "cpu"
         if self.precision == "auto":
             from .models.sparse_infer import cpu_has_bf16
 
-            self.precision = "bf16" if cpu_has_bf16() else "fp32"
+            self.precision = "bf16" if cpu and cpu_has_bf16() else "fp32"
+        if self.precision == "bf16" and not cpu:
+            raise ValueError(f"precision bf16 is for CPU inference; on {self.device} use fp32 (or auto)")
 
     def model(self, dim: int):
         if dim not in self._models:

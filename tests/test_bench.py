@@ -43,6 +43,9 @@ def test_worker_row_and_error_row():
     assert bad["model"] == "nope" and bad["error"].startswith("exit 1")
     with pytest.raises(ValueError, match="bench: unknown model"):
         bench.run(["nope"])
+    # bf16 rows measure the CPU engine: on a GPU they are skipped, not mislabelled
+    skipped = bench.worker({"model": "uresnet3d-bf16", "device": "cuda"})
+    assert skipped["error"] == "bf16 rows measure the CPU inference engine: skipped on cuda"
 
 
 def test_markdown_report_and_targets():

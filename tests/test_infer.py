@@ -215,3 +215,6 @@ def test_precisions_agree_and_auto_follows_the_cpu(files):
     assert isinstance(auto.model(2), FastUResNet)  # CPU inference runs the engine
     with pytest.raises(ValueError, match="precision 'fp16' unknown; expected auto, fp32 or bf16"):
         Predictor(precision="fp16")
+    assert Predictor(device="cuda").precision == "fp32"  # auto: the GPU runs the training graph
+    with pytest.raises(ValueError, match="precision bf16 is for CPU inference; on cuda use fp32"):
+        Predictor(device="cuda", precision="bf16")
