@@ -55,6 +55,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from .models import require_positive
+
 __all__ = [
     "ROIConfig",
     "ROISample",
@@ -117,9 +119,7 @@ class ROIConfig:
         from .simulate.geometry import get_plane
 
         get_plane(self.plane)
-        for name in ("n_wires", "n_ticks", "rebin", "lf_window"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"ROIConfig.{name} must be >= 1, got {getattr(self, name)}")
+        require_positive(self, ("n_wires", "n_ticks", "rebin", "lf_window"), "ROIConfig.")
         if not 0 <= self.vertex_wire < self.n_wires or not 0 <= self.vertex_tick < self.n_ticks:
             raise ValueError("ROIConfig: the vertex (vertex_wire, vertex_tick) must lie inside the window")
 

@@ -22,3 +22,23 @@ def random_event(shape, n, seed=0, with_truth=True):
 @pytest.fixture
 def make_event():
     return random_event
+
+
+def train_stopped_then_resumed(cfg, out, stop_at):
+    """Train ``cfg`` into ``out``, stop it with an exception as step ``stop_at`` begins, then
+    resume it to the end; returns the checkpoint step left by the interruption."""
+    from sparseseg import checkpoint
+    from sparseseg.train import train
+
+    class Stop(Exception):
+        pass
+
+    def stop(step):
+        if step == stop_at:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, out, progress=False, callback=stop)
+    left = checkpoint.load(out / "checkpoint.pt")["step"]
+    train(cfg, out, resume=True, progress=False)
+    return left

@@ -12,6 +12,8 @@ from sparseseg.export import export_model, load_dense_checkpoint
 from sparseseg.tasks import ROITask
 from sparseseg.train import train
 
+from conftest import train_stopped_then_resumed
+
 ROI = {"model": {"name": "roi-mobilenetv3", "width_mult": 0.25},
        "data": {"val_images": 4, "num_workers": 0},
        "train": {"batch_size": 2, "max_steps": 4, "optimizer": "sgd", "lr": 0.05, "warmup_steps": 1,
@@ -20,17 +22,7 @@ ROI = {"model": {"name": "roi-mobilenetv3", "width_mult": 0.25},
 
 def test_roi_training_resume_and_export(tmp_path):
     train(ROI, tmp_path / "a", progress=False)
-
-    class Stop(Exception):
-        pass
-
-    def stop_at_3(step):
-        if step == 3:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train(ROI, tmp_path / "b", progress=False, callback=stop_at_3)
-    train(ROI, tmp_path / "b", resume=True, progress=False)
+    train_stopped_then_resumed(ROI, tmp_path / "b", stop_at=3)
     a, _ = load_dense_checkpoint(tmp_path / "a" / "checkpoint.pt", "roi-mobilenetv3")
     b, ckpt = load_dense_checkpoint(tmp_path / "b" / "checkpoint.pt")
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):

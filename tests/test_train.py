@@ -14,7 +14,7 @@ from sparseseg.config import resolve
 from sparseseg.io import write_events
 from sparseseg.train import train
 
-from conftest import random_event
+from conftest import random_event, train_stopped_then_resumed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,18 +40,7 @@ def train_file(tmp_path_factory):
 def test_resume_is_exact(tmp_path, train_file):
     cfg = tiny_config(train_file)
     train(cfg, tmp_path / "straight", progress=False)
-
-    class Crash(Exception):
-        pass
-
-    def crash_at_4(step):
-        if step == 4:
-            raise Crash
-
-    with pytest.raises(Crash):
-        train(cfg, tmp_path / "crashed", progress=False, callback=crash_at_4)
-    assert checkpoint.load(tmp_path / "crashed" / "checkpoint.pt")["step"] == 3
-    train(cfg, tmp_path / "crashed", resume=True, progress=False)
+    assert train_stopped_then_resumed(cfg, tmp_path / "crashed", stop_at=4) == 3
     a = checkpoint.load(tmp_path / "straight" / "checkpoint.pt")
     b = checkpoint.load(tmp_path / "crashed" / "checkpoint.pt")
     assert a["step"] == b["step"] == 6

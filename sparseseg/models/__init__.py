@@ -4,9 +4,26 @@ Builders import their module on call, so ``import sparseseg.models`` does not pu
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import fields
+from typing import Any, Callable, Iterable
 
 import torch.nn as nn
+
+
+def config_from(cls: type, label: str, kwargs: dict[str, Any]):
+    """``cls(**kwargs)`` for a config dataclass; ``ValueError`` naming unknown options first."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(f"{label}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**kwargs)
+
+
+def require_positive(obj: Any, names: Iterable[str], prefix: str) -> None:
+    """``ValueError`` "<prefix><name> must be >= 1, got X" for the first attribute below 1."""
+    for name in names:
+        if int(getattr(obj, name)) < 1:
+            raise ValueError(f"{prefix}{name} must be >= 1, got {getattr(obj, name)}")
 
 
 def _uresnet(**kwargs) -> nn.Module:

@@ -10,7 +10,7 @@ interactions) and :func:`classification_table` (confusion matrix, efficiency, pu
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import config_from, require_positive
 from .unet import SqueezeExcite
 
 __all__ = [
@@ -71,9 +72,7 @@ class CVNConfig:
             raise ValueError(f"cvn: widths {self.widths} and blocks {self.blocks} must have the same, non-zero length")
         if min(self.widths) < 1 or min(self.blocks) < 1:
             raise ValueError("cvn: widths and blocks must be >= 1")
-        for name in ("views", "num_classes", "se_reduction"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"cvn: {name} must be >= 1, got {getattr(self, name)}")
+        require_positive(self, ("views", "num_classes", "se_reduction"), "cvn: ")
 
 
 class SEResBlock(nn.Module):
@@ -150,11 +149,7 @@ class CVN(nn.Module):
 
 def build_cvn(**kwargs) -> CVN:
     """Builder used by the model table: keyword arguments are :class:`CVNConfig` fields."""
-    known = {f.name for f in fields(CVNConfig)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise ValueError(f"cvn: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return CVN(CVNConfig(**kwargs))
+    return CVN(config_from(CVNConfig, "cvn", kwargs))
 
 
 def config_dict(model: CVN) -> dict:

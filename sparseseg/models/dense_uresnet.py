@@ -15,7 +15,7 @@ This module does not import spconv.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import List, Sequence
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..classes import NUM_CLASSES
+from . import config_from, require_positive
 
 __all__ = ["DenseUResNetConfig", "DenseUResNet", "build_dense_uresnet", "convert_sparse_state_dict", "predict_events", "densify"]
 
@@ -45,9 +46,7 @@ class DenseUResNetConfig:
     def __post_init__(self) -> None:
         if self.dim not in (2, 3):
             raise ValueError(f"uresnet-dense: dim must be 2 or 3, got {self.dim}")
-        for name in ("in_channels", "num_classes", "depth", "filters", "reps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"uresnet-dense: {name} must be >= 1, got {getattr(self, name)}")
+        require_positive(self, ("in_channels", "num_classes", "depth", "filters", "reps"), "uresnet-dense: ")
 
     @property
     def widths(self) -> list[int]:
@@ -162,11 +161,7 @@ class DenseUResNet(nn.Module):
 
 def build_dense_uresnet(**kwargs) -> DenseUResNet:
     """Builder used by the model table: keyword arguments are :class:`DenseUResNetConfig` fields."""
-    known = {f.name for f in fields(DenseUResNetConfig)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise ValueError(f"uresnet-dense: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return DenseUResNet(DenseUResNetConfig(**kwargs))
+    return DenseUResNet(config_from(DenseUResNetConfig, "uresnet-dense", kwargs))
 
 
 def config_dict(model: DenseUResNet) -> dict:

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from . import config_from, require_positive
+
 PATCH_CLASSES = ("EM", "track", "none", "Michel")
 """Output meaning: the three softmax classes, then the Michel sigmoid."""
 
@@ -38,9 +40,7 @@ class PatchCNNConfig:
     input_scale: float = 0.01
 
     def __post_init__(self) -> None:
-        for name in ("patch", "filters", "kernel", "dense1", "dense2"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"patch-cnn: {name} must be >= 1, got {getattr(self, name)}")
+        require_positive(self, ("patch", "filters", "kernel", "dense1", "dense2"), "patch-cnn: ")
         if self.kernel > self.patch:
             raise ValueError(f"patch-cnn: kernel {self.kernel} is larger than the patch {self.patch}")
         for name in ("drop1", "drop2"):
@@ -76,11 +76,7 @@ class PatchCNN(nn.Module):
 
 
 def build_patch_cnn(**kwargs) -> PatchCNN:
-    known = set(PatchCNNConfig.__dataclass_fields__)
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise ValueError(f"patch-cnn: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return PatchCNN(PatchCNNConfig(**kwargs))
+    return PatchCNN(config_from(PatchCNNConfig, "patch-cnn", kwargs))
 
 
 def config_dict(model: PatchCNN) -> dict:

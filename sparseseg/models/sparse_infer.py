@@ -136,31 +136,30 @@ class FastUResNet:
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.chunk_bytes = int(chunk_bytes)
         cast = lambda w: w.to(self.dtype).contiguous()  # noqa: E731
+        affine = lambda bn: tuple(v.to(self.dtype) for v in _affine(bn))  # noqa: E731
         self.input_scale = float(model.config.input_scale)
         self.stem = cast(_matrix(model.stem))
 
         def block(b):
-            s1, t1 = _affine(b.norm1.bn)
             s2, t2 = _affine(b.norm2.bn)
             w1 = _matrix(b.conv1) * s2[None, :]  # fold the second BatchNorm into conv1
             return {
-                "pre": (s1.to(self.dtype), t1.to(self.dtype)),
+                "pre": affine(b.norm1.bn),
                 "w1": cast(w1),
                 "b1": t2.to(self.dtype),
                 "w2": cast(_matrix(b.conv2)),
-                "proj": None if b.shortcut is None else b.shortcut.weight.detach().float().t().contiguous().to(self.dtype),
+                "proj": None if b.shortcut is None else cast(b.shortcut.weight.detach().float().t()),
             }
 
         self.encoder = [[block(b) for b in blocks] for blocks in model.encoder]
-        rd = lambda a: (a[0].to(self.dtype), a[1].to(self.dtype))  # noqa: E731
-        self.down = [(rd(_affine(norm.bn)), cast(_matrix(conv))) for norm, conv in model.down]
+        self.down = [(affine(norm.bn), cast(_matrix(conv))) for norm, conv in model.down]
         self.up = []
         for norm, inv in model.up:
             w = inv.weight.detach().float()  # (C_out, *k, C_in)
             cout, cin = w.shape[0], w.shape[-1]
             # (C_in, 2^D x C_out): column block j is the filter slice of child slot j
             wcat = w.reshape(cout, -1, cin).permute(2, 1, 0).reshape(cin, -1)
-            self.up.append((rd(_affine(norm.bn)), cast(wcat)))
+            self.up.append((affine(norm.bn), cast(wcat)))
         self.decoder = [[block(b) for b in blocks] for blocks in model.decoder]
         self.head_pre = _affine(model.head_norm)
         self.head_w = model.head.weight.detach().float().t().contiguous()
@@ -232,7 +231,7 @@ class FastUResNet:
         return self._conv(x, rows, w, torch.empty((x.shape[0], w.shape[1]), dtype=self.dtype), flops=flops)
 
     def _block(self, x: torch.Tensor, p: dict, nbr: torch.Tensor) -> torch.Tensor:
-        """Pre-activation residual block; adds into and returns the float32 residual stream."""
+        """Pre-activation residual block; adds into and returns the residual stream (compute dtype)."""
         n = x.shape[0]
         identity = x if p["proj"] is None else self._rows_mm(x, p["proj"])
         h = self._padded(n, p["w1"].shape[1])

@@ -27,12 +27,14 @@ exportable to ONNX (see :mod:`sparseseg.export`).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import List
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import config_from, require_positive
 
 __all__ = [
     "ROIModelConfig",
@@ -75,9 +77,7 @@ class ROIModelConfig:
     heads: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("in_channels", "base", "layers", "heads"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"ROI model: {name} must be >= 1, got {getattr(self, name)}")
+        require_positive(self, ("in_channels", "base", "layers", "heads"), "ROI model: ")
         if not self.width_mult > 0:
             raise ValueError(f"ROI model: width_mult must be > 0, got {self.width_mult}")
 
@@ -441,11 +441,7 @@ def build_roi_model(name: str, **kwargs) -> DenseSegmenter:
     """Build ROI network ``name`` (a key of :data:`ROI_MODELS`) from :class:`ROIModelConfig` fields."""
     if name not in ROI_MODELS:
         raise ValueError(f"unknown ROI model {name!r}; available: {', '.join(ROI_MODELS)}")
-    known = {f.name for f in fields(ROIModelConfig)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return ROI_MODELS[name](ROIModelConfig(**kwargs))
+    return ROI_MODELS[name](config_from(ROIModelConfig, name, kwargs))
 
 
 def config_dict(model: DenseSegmenter) -> dict:

@@ -22,7 +22,7 @@ import spconv.pytorch as spconv
 from spconv.core import ConvAlgo
 
 from ..classes import NUM_CLASSES
-from . import sparse_cpu
+from . import config_from, require_positive, sparse_cpu
 
 __all__ = ["UResNetConfig", "SparseUResNet", "build_uresnet", "collate", "guard_cpu_backward"]
 
@@ -87,9 +87,7 @@ class UResNetConfig:
     def __post_init__(self) -> None:
         if self.dim not in (2, 3):
             raise ValueError(f"uresnet: dim must be 2 or 3, got {self.dim}")
-        for name in ("in_channels", "num_classes", "depth", "filters", "reps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"uresnet: {name} must be >= 1, got {getattr(self, name)}")
+        require_positive(self, ("in_channels", "num_classes", "depth", "filters", "reps"), "uresnet: ")
 
     @property
     def widths(self) -> list[int]:
@@ -252,11 +250,7 @@ def split_by_batch(output: torch.Tensor, indices: torch.Tensor, batch_size: int)
 def build_uresnet(**kwargs) -> SparseUResNet:
     """Builder used by the model table: keyword arguments are :class:`UResNetConfig` fields."""
     guard_cpu_backward()
-    known = set(UResNetConfig.__dataclass_fields__)
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise ValueError(f"uresnet: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return SparseUResNet(UResNetConfig(**kwargs))
+    return SparseUResNet(config_from(UResNetConfig, "uresnet", kwargs))
 
 
 def config_dict(model: SparseUResNet) -> dict:
