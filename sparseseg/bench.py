@@ -194,9 +194,13 @@ def _sparse_rows(row, name, dim, plane, event, reps, device, sync, baseline) -> 
     from .models.sparse_infer import FastUResNet
     from .models.uresnet import collate
 
+    from .models.uresnet import cpu_path
+
     cuda = torch.device(device).type == "cuda"
-    graph = cuda or name.endswith("-graph") or name == "uresnet3d"
+    path = cpu_path(device, dim, "bf16" if name.endswith("bf16") else "fp32", grad=False)
+    graph = name.endswith("-graph") or path in ("graph", "spconv")
     model = _sparse_model(dim, row).to(device).eval()
+    model.backend = "graph"  # on CPU: spconv's rulebooks (the engine is for gradients)
     fast = None if graph else FastUResNet(model, "bf16" if name.endswith("bf16") else "fp32")
     if fast is not None:
         del model
@@ -231,9 +235,139 @@ def _sparse_rows(row, name, dim, plane, event, reps, device, sync, baseline) -> 
             row["agreement_pixels"] = int(same.numel())
 
 
+TRAIN_VARIANTS = ("graph", "engine", "engine_fp32")
+"""Training benchmark rows: spconv's rulebooks with this project's CPU kernels (fp32, the
+baseline), the engine at the precision ``train`` picks by default, and the engine in fp32."""
+
+
+def train_batches(steps: int, batch: int, seed: int = 123) -> list:
+    """``steps`` batches of ``batch`` simulated crop512 views (the same for every variant)."""
+    from .simulate import simulate_interaction
+
+    out, k = [], 0
+    for _ in range(steps):
+        events = []
+        while len(events) < batch:
+            events += simulate_interaction("crop512", seed, k)
+            k += 1
+        out.append(events[:batch])
+    return out
+
+
+def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time training steps of the 2D UResNet (one variant of :data:`TRAIN_VARIANTS`):
+    data (labels and pixel weights), forward, backward, optimizer; peak RSS above baseline."""
+    import gc
+    import pickle
+
+    from .losses import weighted_cross_entropy
+    from .models import build_model
+    from .train import _labels, resolve_precision
+    from .weighting import WeightConfig, pixel_weights
+
+    variant = spec["train"]
+    if variant not in TRAIN_VARIANTS:
+        raise ValueError(f"bench: training variant {variant!r} unknown; choose from {', '.join(TRAIN_VARIANTS)}")
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    with open(spec["input_file"], "rb") as fh:
+        batches = pickle.load(fh)
+    precision = "bf16" if variant == "engine" and resolve_precision("auto", "cpu", True) == "bf16" else "fp32"
+    torch.manual_seed(0)
+    model = build_model("uresnet", dim=2)
+    model.backend = "graph" if variant == "graph" else "engine"
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    wcfg = WeightConfig()
+    warm = int(spec.get("warmup", 2))
+    gc.collect()
+    baseline = _reset_peak_rss()
+    parts: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}
+    pixels = []
+    for i, events in enumerate(batches):
+        t0 = time.perf_counter()
+        w = torch.from_numpy(pixel_weights(events, wcfg))
+        labels = _labels(events)
+        t1 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(events)
+        loss = weighted_cross_entropy(logits.float(), labels, w)
+        t2 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t3 = time.perf_counter()
+        opt.step()
+        t4 = time.perf_counter()
+        if i >= warm:
+            for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                parts[key].append(dt)
+            pixels.append(sum(len(e) for e in events))
+    step_s = {k: float(np.mean(v)) for k, v in parts.items()}
+    total = sum(step_s.values())
+    batch = len(batches[0])
+    return {"variant": variant, "precision": precision, "threads": torch.get_num_threads(), "batch": batch,
+            "steps": len(parts["data"]), "active_pixels_per_batch": float(np.mean(pixels)),
+            "time_step_s": total, **{f"time_{k}_s": v for k, v in step_s.items()},
+            "images_per_s": batch / total, "peak_rss_mb": _peak_rss_mb() - baseline,
+            "final_loss": float(loss.detach())}
+
+
+def run_train(threads: int = 2, steps: int = 10, batch: int = 8, progress: bool = True) -> dict[str, Any]:
+    """The training benchmark: every variant on the same batches, each in a fresh process."""
+    import pickle
+    import tempfile
+
+    say = (lambda s: print(s, file=sys.stderr, flush=True)) if progress else (lambda s: None)
+    if steps < 1 or batch < 1:
+        raise ValueError("bench --train: --train-steps and --train-batch must be >= 1")
+    warm = 2
+    with tempfile.TemporaryDirectory(prefix="sparseseg-bench-") as tmp:
+        say(f"bench --train: simulating {steps + warm} batches of {batch} crop512 views ...")
+        path = os.path.join(tmp, "batches.pkl")
+        with open(path, "wb") as fh:
+            pickle.dump(train_batches(steps + warm, batch), fh)
+        rows = {}
+        for i, v in enumerate(TRAIN_VARIANTS):
+            say(f"bench --train [{i + 1}/{len(TRAIN_VARIANTS)}] {v} ...")
+            rows[v] = run_worker({"model": "train", "train": v, "threads": threads, "input_file": path,
+                                  "warmup": warm})
+    res: dict[str, Any] = dict(rows)
+    if all("images_per_s" in rows[v] for v in ("graph", "engine")):
+        res["speedup"] = rows["engine"]["images_per_s"] / rows["graph"]["images_per_s"]
+    if all("images_per_s" in rows[v] for v in ("graph", "engine_fp32")):
+        res["speedup_fp32"] = rows["engine_fp32"]["images_per_s"] / rows["graph"]["images_per_s"]
+    return res
+
+
+def format_train(res: dict[str, Any]) -> str:
+    """Markdown table of :func:`run_train`'s rows."""
+    lines = ["| training variant | precision | images/s | step (ms) | data | forward | backward | optimizer | peak RSS (MB) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for v in TRAIN_VARIANTS:
+        r = res.get(v, {})
+        if "error" in r:
+            lines.append(f"| {v} | | error: {r['error']} | | | | | | |")
+            continue
+        ms = lambda k: f"{1000 * r[k]:.0f}"  # noqa: E731
+        lines.append(f"| {v} | {r['precision']} | {r['images_per_s']:.1f} | {ms('time_step_s')} | {ms('time_data_s')} | "
+                     f"{ms('time_forward_s')} | {ms('time_backward_s')} | {ms('time_optimizer_s')} | {r['peak_rss_mb']:.0f} |")
+    first = next((res[v] for v in TRAIN_VARIANTS if "batch" in res.get(v, {})), None)
+    if first:
+        lines.append("")
+        lines.append(f"Batch {first['batch']} x 512 x 512 crop512 views ({first['active_pixels_per_batch']:.0f} active "
+                     f"pixels), {first['threads']} threads, {first['steps']} timed steps after 2 warm-up steps.")
+    if "speedup" in res:
+        lines.append(f"Engine over graph: x{res['speedup']:.2f} (default precision), "
+                     f"x{res.get('speedup_fp32', float('nan')):.2f} (fp32).")
+    return "\n".join(lines)
+
+
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Measure one model (runs in its own process)."""
     from .models import build_model
+
+    if spec.get("train"):
+        return train_worker(spec)
 
     name, device, reps = spec["model"], spec.get("device", "cpu"), int(spec.get("reps", 5))
     if spec.get("threads"):

@@ -272,8 +272,19 @@ def cmd_roi_eval(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from .bench import DEFAULT_MODELS, format_markdown, plot_scaling, run
+    from .bench import DEFAULT_MODELS, format_markdown, format_train, plot_scaling, run, run_train
 
+    if args.train:
+        res = {"train": run_train(threads=args.threads or 2, steps=args.train_steps, batch=args.train_batch)}
+        text = format_train(res["train"])
+        print(text)
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2))
+            print(f"wrote {args.json}")
+        if args.markdown:
+            Path(args.markdown).write_text(text + "\n")
+            print(f"wrote {args.markdown}")
+        return
     models = [m.strip() for m in args.models.split(",")] if args.models else list(DEFAULT_MODELS)
     res = run(models, threads=args.threads, reps=args.reps, device=args.device, scaling=not args.no_scaling)
     text = format_markdown(res)
@@ -415,6 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reps", type=int, default=5, help="timed repetitions after the warm-up (default: 5)")
     s.add_argument("--device", default="cpu", help="cpu or cuda")
     s.add_argument("--no-scaling", action="store_true", help="skip the occupancy scan")
+    s.add_argument("--train", action="store_true",
+                   help="benchmark training instead: the 2D UResNet on the same simulated 512 x 512 batches through "
+                        "spconv's rulebooks (graph, fp32), the engine at train's default precision and the engine in "
+                        "fp32; images/s, time per step (data, forward, backward, optimizer), peak RSS, and the speedup "
+                        "(JSON: train.graph.images_per_s, train.engine.images_per_s, train.engine_fp32.images_per_s, "
+                        "train.speedup)")
+    s.add_argument("--train-steps", type=int, default=10, help="timed training steps per variant (default: 10)")
+    s.add_argument("--train-batch", type=int, default=8, help="images per training step (default: 8)")
     s.add_argument("--json", help="write all figures as JSON here")
     s.add_argument("--markdown", help="write the tables as Markdown here")
     s.add_argument("--plot", help="write the occupancy-scaling plot (PNG) here")

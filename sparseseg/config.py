@@ -42,7 +42,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "threads": 0,
         "device": "cpu",
         "accumulate": 1,  # micro-batches of batch_size summed per optimizer step
-        "precision": "fp32",  # fp32 | bf16 (torch.autocast)
+        "precision": "auto",  # auto | fp32 | bf16 (bf16 activations and GEMMs; see train.resolve_precision)
         "init": None,  # checkpoint whose model weights start the run (fine-tuning); optimizer and step start fresh
     },
     "weights": {
@@ -100,7 +100,7 @@ def resolve(user: dict | None) -> dict:
     return cfg
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def load(path: str | Path) -> dict:

@@ -122,14 +122,17 @@ class Predictor:
                     raise ValueError(f"weights file {path}: patch-cnn works on 2D planes, the input events are {dim}D")
                 model = dense_from(ckpt, path, "patch-cnn").to(self.device)
             else:
+                from .models.uresnet import cpu_path
+
                 model = build_from(ckpt, path, self.device).eval()
                 check_dim(model, path, dim)
-                # the inference engine on CPU; 3D in fp32 keeps the training graph, which is
-                # faster there (most of the 27 neighbours are missing): 0.13 s vs 0.15 s a volume
-                if torch.device(self.device).type == "cpu" and (dim == 2 or self.precision == "bf16"):
+                path_kind = cpu_path(self.device, dim, self.precision, grad=False)
+                if path_kind == "infer":
                     from .models.sparse_infer import FastUResNet
 
                     model = FastUResNet(model, self.precision)
+                elif path_kind == "graph":
+                    model.backend = "graph"
             self._models[dim] = model
         return self._models[dim]
 

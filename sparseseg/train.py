@@ -152,6 +152,17 @@ def accumulated_step(net, micro_batches, device, precision: str = "fp32", sync=N
     return loss_sum, correct / max(1, counted)
 
 
+def resolve_precision(precision: str, device, sparse: bool) -> str:
+    """train.precision -> "fp32" or "bf16". ``auto`` is bf16 for the sparse UResNet on CPUs
+    with native bfloat16 (AVX512-BF16 or AMX: the engine's GEMMs run 2-3x faster there) and
+    fp32 elsewhere (GPUs, dense models, CPUs without it)."""
+    if precision != "auto":
+        return precision
+    from .models.sparse_infer import cpu_has_bf16
+
+    return "bf16" if sparse and torch.device(device).type == "cpu" and cpu_has_bf16() else "fp32"
+
+
 def memory_record(device) -> dict[str, float]:
     """Peak memory so far: RSS on CPU; allocated and reserved on CUDA (peaks then reset, so
     each log interval reports its own)."""
@@ -313,6 +324,7 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
     from .tasks import dense_task
 
     task = dense_task(cfg) or SegmentationTask(cfg)
+    precision = resolve_precision(t["precision"], device, isinstance(task, SegmentationTask))
     mcfg = dict(cfg["model"])
     model = build_model(mcfg.pop("name"), **mcfg).to(device)
     optimizer = make_optimizer(model.parameters(), t)
@@ -324,6 +336,9 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         ckpt = checkpoint.load(ckpt_path)
+        if ckpt.get("precision", precision) != precision:
+            raise ValueError(f"--resume: {ckpt_path} was trained in {ckpt['precision']}, this run would use {precision}; "
+                             f"set train.precision: {ckpt['precision']} to continue it")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start = int(ckpt["step"])
@@ -355,7 +370,7 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
         checkpoint.save(ckpt_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
             "config": cfg, "classes": list(task.classes), "version": __version__,
-            "best": best, "stale": stale,
+            "best": best, "stale": stale, "precision": precision,
         })
         _write_log(out / "metrics.jsonl", log)
 
@@ -372,7 +387,7 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
             g["lr"] = learning_rate(step, t)
         net.train()
         optimizer.zero_grad(set_to_none=True)
-        loss, acc = task.step(net, micro_batches, device, t["precision"], net.no_sync if distributed else None)
+        loss, acc = task.step(net, micro_batches, device, precision, net.no_sync if distributed else None)
         optimizer.step()
         run_loss += loss
         run_acc += acc
@@ -394,7 +409,7 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
                 stale = 0
                 checkpoint.save(out / "best.pt", {"model": model.state_dict(), "step": done, "config": cfg,
                                                   "classes": list(task.classes), "version": __version__,
-                                                  "metrics": last_val})
+                                                  "metrics": last_val, "precision": precision})
             else:
                 stale += 1
             tqdm.write(f"step {done}: val loss {last_val['loss']:.4f} accuracy {last_val['accuracy']:.4f}") if progress else None

@@ -32,6 +32,7 @@ def _trained_looking(dim, **kw):
 @pytest.mark.parametrize("dim,shape,leak", [(2, (50, 61), 0.0), (2, (33, 40), 0.1), (3, (20, 24, 29), 0.0)])
 def test_matches_training_graph(dim, shape, leak):
     m = _trained_looking(dim, leakiness=leak)
+    m.backend = "graph"  # spconv's rulebooks: the reference
     events = [random_event(shape, 300, seed=s) for s in (1, 2, 3)]
     idx, feats, sp, _ = collate(events, dim)
     with torch.no_grad():
@@ -89,6 +90,7 @@ def test_flop_count_matches_rulebooks():
     m = _trained_looking(2)
     ev = random_event((40, 44), 300, seed=5)
     fast = FastUResNet(m)
+    m.backend = "graph"  # the rulebook path, where the FLOP counter listens
     fast.flops = 0
     idx, feats, sp, _ = collate([ev], 2)
     fast(idx, feats, sp)

@@ -129,7 +129,7 @@ def test_memory_fields_accumulate_and_bf16_in_log(tmp_path, train_file):
     assert [r["step"] for r in steps] == [1, 2]
     assert all(r["peak_rss_mb"] > 50 for r in steps)
     assert "max_memory_allocated_mb" not in steps[0]  # CPU run: GPU fields only on CUDA
-    with pytest.raises(ValueError, match="config: train.precision 'fp16' unknown; expected one of fp32, bf16"):
+    with pytest.raises(ValueError, match="config: train.precision 'fp16' unknown; expected one of auto, fp32, bf16"):
         resolve({"train": {"precision": "fp16"}})
     with pytest.raises(ValueError, match="config: train.accumulate must be a positive integer, got 0"):
         resolve({"train": {"accumulate": 0}})

@@ -24,7 +24,7 @@ from spconv.core import ConvAlgo
 from ..classes import NUM_CLASSES
 from . import config_from, require_positive, sparse_cpu
 
-__all__ = ["UResNetConfig", "SparseUResNet", "build_uresnet", "collate", "guard_cpu_backward"]
+__all__ = ["UResNetConfig", "SparseUResNet", "build_uresnet", "collate", "cpu_path", "guard_cpu_backward"]
 
 
 # --------------------------------------------------------------------------- spconv on CPU
@@ -67,6 +67,31 @@ def _algo(device: torch.device | str | None = None) -> ConvAlgo | None:
     if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
         return None
     return ConvAlgo.Native
+
+
+PATHS = ("auto", "engine", "graph")
+
+
+def cpu_path(device, dim: int, precision: str = "fp32", grad: bool = True) -> str:
+    """The one place that decides how a sparse UResNet runs.
+
+    - ``"spconv"``: CUDA tensors go to spconv's kernels (training and inference);
+    - ``"engine"``: differentiable gather-GEMM engine (:mod:`.sparse_engine`), CPU training in
+      2D and 3D, and CPU forwards that need gradients;
+    - ``"infer"``: the inference engine (:mod:`.sparse_infer`, BatchNorm folded), CPU
+      inference in 2D, and in 3D for bf16;
+    - ``"graph"``: spconv's rulebooks with this project's CPU kernels (:mod:`.sparse_cpu`),
+      kept for 3D float32 inference, where most of the 27 neighbours are missing and the
+      rulebook's pair lists multiply fewer rows than one gather-GEMM (0.13 s vs 0.15 s a
+      volume), and as the reference in tests.
+
+    ``precision``: "fp32" or "bf16"; ``grad``: whether gradients are needed (training).
+    """
+    if torch.device(device).type == "cuda":
+        return "spconv"
+    if grad:
+        return "engine"
+    return "graph" if dim == 3 and precision == "fp32" else "infer"
 
 
 # --------------------------------------------------------------------------- config
@@ -140,7 +165,15 @@ class SparseUResNet(nn.Module):
     ``(indices, features)``: indices int32 (N, 1 + D) with the batch index in column 0,
     features float32 (N, C_in); plus ``spatial_shape`` for the latter. It returns logits
     (N, num_classes) whose rows follow the input rows.
+
+    On CPU tensors the forward runs through the differentiable engine
+    (:mod:`.sparse_engine`) unless ``backend`` is ``"graph"`` (spconv's rulebooks with
+    :mod:`.sparse_cpu`, the reference); on CUDA tensors through spconv. Both give the same
+    numbers (tested) from the same state dict. bfloat16 follows ``torch.autocast``.
     """
+
+    backend: str = "auto"
+    """auto (see :func:`cpu_path`), engine or graph; an attribute, not part of the state dict."""
 
     def __init__(self, config: UResNetConfig | None = None, **kwargs) -> None:
         super().__init__()
@@ -194,6 +227,13 @@ class SparseUResNet(nn.Module):
             raise ValueError(
                 f"uresnet: expected {self.config.in_channels} feature channel(s), got {features.shape[1]}"
             )
+        if self.backend not in PATHS:
+            raise ValueError(f"uresnet: backend {self.backend!r} unknown; expected one of {', '.join(PATHS)}")
+        if device.type == "cpu" and self.backend != "graph":
+            from .sparse_engine import engine_forward
+
+            return engine_forward(self, indices, features.to(device), spatial_shape)
+        guard_cpu_backward()
         x = spconv.SparseConvTensor(
             features.to(device) * self.config.input_scale,
             indices.to(device=device, dtype=torch.int32),
@@ -249,7 +289,6 @@ def split_by_batch(output: torch.Tensor, indices: torch.Tensor, batch_size: int)
 
 def build_uresnet(**kwargs) -> SparseUResNet:
     """Builder used by the model table: keyword arguments are :class:`UResNetConfig` fields."""
-    guard_cpu_backward()
     return SparseUResNet(config_from(UResNetConfig, "uresnet", kwargs))
 
 

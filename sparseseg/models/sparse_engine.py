@@ -1,0 +1,219 @@
+"""Differentiable CPU engine for :class:`~sparseseg.models.uresnet.SparseUResNet`: training
+(and any forward that needs gradients) without spconv's rulebooks.
+
+It shares the neighbour tables of the inference engine (:mod:`.sparse_infer`): sites of each
+level sorted by key, an (N, 3^D) neighbour table per level (row N where a neighbour is
+missing) and, between levels, each fine site's parent and child slot. Every convolution is a
+gather of rows followed by one GEMM, forward and backward, with no scatter:
+
+- **submanifold** y = [x[nbr[:, 0]] ... x[nbr[:, K-1]]] @ W. The neighbour relation is
+  symmetric (j = nbr[i, k] exactly when i = nbr[j, K-1-k]), so the input gradient is the same
+  kind of convolution of dy over the same table with the mirrored filter, and
+  dW = gather(x)^T @ dy;
+- **strided** (k=2, s=2) y_coarse = [x[children[:, 0]] ...] @ W; each fine site has exactly
+  one parent, so dx = (dy @ W^T) read at (parent, slot): a gather;
+- **inverse** y_fine = (x @ [W_0 ... W_S-1]) read at (parent, slot): a gather; dx =
+  gather(dy, children) @ W^T, dW = x^T @ gather(dy, children).
+
+The gathered matrices are not kept for backward (they are 3^D times the activations);
+backward gathers again, which costs less than the memory would.
+
+Precision follows ``torch.autocast``: under ``torch.autocast("cpu", dtype=torch.bfloat16)``
+activations and GEMMs are bfloat16 while parameters, their gradients, BatchNorm statistics
+and the logits stay float32 (the same switch as for the spconv graph).
+
+The parameters are the model's own (same state dict): the engine is a way of running
+``SparseUResNet.forward``, chosen by :func:`sparseseg.models.uresnet.cpu_path`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .sparse_infer import _coarsen, _keys, _Level
+
+__all__ = ["engine_forward"]
+
+
+CHUNK_BYTES = 1 << 22
+"""Gathered rows are multiplied in chunks of about this many bytes, so that each chunk is
+still in cache when its GEMM reads it (and the gathered matrix is never allocated whole)."""
+
+
+def _pad(x: torch.Tensor) -> torch.Tensor:
+    """x with one zero row appended (what a missing neighbour reads)."""
+    return torch.cat([x, x.new_zeros((1, x.shape[1]))], dim=0)
+
+
+def _gather(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """(N_out, K x C): row i holds x[table[i, 0]], ..., x[table[i, K-1]] (zeros past the end)."""
+    n, k = table.shape
+    return _pad(x).index_select(0, table.reshape(-1)).view(n, k * x.shape[1])
+
+
+def _chunks(n: int, width: int, itemsize: int):
+    step = max(64, CHUNK_BYTES // max(1, width * itemsize))
+    return range(0, n, step), step
+
+
+def _gather_mm(x: torch.Tensor, table: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """gather(x, table) @ w, chunk by chunk: (N_out, K) table, w (K x C, C_out)."""
+    n, k = table.shape
+    c = x.shape[1]
+    xp = _pad(x)
+    out = torch.empty((n, w.shape[1]), dtype=x.dtype)
+    starts, step = _chunks(n, k * c, x.element_size())
+    buf = torch.empty((step * k, c), dtype=x.dtype)
+    for a in starts:
+        rows = table[a:a + step].reshape(-1)
+        m = rows.shape[0] // k
+        g = torch.index_select(xp, 0, rows, out=buf[: m * k]).view(m, k * c)
+        torch.mm(g, w, out=out[a:a + m])
+    return out
+
+
+def _gather_t_mm(x: torch.Tensor, table: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """gather(x, table)^T @ dy (K x C, C_out), summed over chunks in float32 (or wider)."""
+    n, k = table.shape
+    c = x.shape[1]
+    xp = _pad(x)
+    acc = torch.zeros((k * c, dy.shape[1]), dtype=torch.promote_types(x.dtype, torch.float32))
+    starts, step = _chunks(n, k * c, x.element_size())
+    buf = torch.empty((step * k, c), dtype=x.dtype)
+    for a in starts:
+        rows = table[a:a + step].reshape(-1)
+        m = rows.shape[0] // k
+        g = torch.index_select(xp, 0, rows, out=buf[: m * k]).view(m, k * c)
+        part = torch.mm(dy[a:a + m].t(), g).t()
+        acc += part
+    return acc.to(x.dtype)
+
+
+class _Subm(torch.autograd.Function):
+    """Submanifold convolution: x (N, C_in), w (K x C_in, C_out), nbr (N, K) -> (N, C_out)."""
+
+    @staticmethod
+    def forward(ctx, x, w, nbr):
+        ctx.save_for_backward(x, w, nbr)
+        return _gather_mm(x, nbr, w)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w, nbr = ctx.saved_tensors
+        k = nbr.shape[1]
+        cin, cout = x.shape[1], w.shape[1]
+        dy = dy.contiguous()
+        dx = dw = None
+        if ctx.needs_input_grad[0]:  # the mirrored filter: block k is W_{K-1-k}^T
+            wm = w.view(k, cin, cout).flip(0).transpose(1, 2).reshape(k * cout, cin)
+            dx = _gather_mm(dy, nbr, wm)
+        if ctx.needs_input_grad[1]:
+            dw = _gather_t_mm(x, nbr, dy)
+        return dx, dw, None
+
+
+class _Down(torch.autograd.Function):
+    """k=2, s=2 convolution: x (N_fine, C_in), w (S x C_in, C_out), children (N_coarse, S),
+    pick (N_fine,) = parent x S + slot -> (N_coarse, C_out)."""
+
+    @staticmethod
+    def forward(ctx, x, w, children, pick):
+        ctx.save_for_backward(x, w, children, pick)
+        return _gather_mm(x, children, w)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w, children, pick = ctx.saved_tensors
+        cin = x.shape[1]
+        dy = dy.contiguous()
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.mm(dy, w.t()).view(-1, cin).index_select(0, pick)
+        if ctx.needs_input_grad[1]:
+            dw = _gather_t_mm(x, children, dy)
+        return dx, dw, None, None
+
+
+class _Up(torch.autograd.Function):
+    """Inverse of :class:`_Down`: x (N_coarse, C_in), w (C_in, S x C_out) -> (N_fine, C_out)."""
+
+    @staticmethod
+    def forward(ctx, x, w, children, pick):
+        ctx.save_for_backward(x, w, children)
+        cout = w.shape[1] // children.shape[1]
+        return torch.mm(x, w).view(-1, cout).index_select(0, pick)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w, children = ctx.saved_tensors
+        g = _gather(dy.contiguous(), children)  # (N_coarse, S x C_out)
+        dx = torch.mm(g, w.t()) if ctx.needs_input_grad[0] else None
+        dw = torch.mm(x.t(), g) if ctx.needs_input_grad[1] else None
+        return dx, dw, None, None
+
+
+def _kernel_matrix(weight: torch.Tensor, dtype) -> torch.Tensor:
+    """spconv filter (C_out, *kernel, C_in) -> (K x C_in, C_out), offsets row-major."""
+    cout, cin = weight.shape[0], weight.shape[-1]
+    return weight.reshape(cout, -1, cin).permute(1, 2, 0).reshape(-1, cout).to(dtype)
+
+
+def _inverse_matrix(weight: torch.Tensor, dtype) -> torch.Tensor:
+    """spconv inverse filter (C_out, *kernel, C_in) -> (C_in, S x C_out): block j = slot j."""
+    cout, cin = weight.shape[0], weight.shape[-1]
+    return weight.reshape(cout, -1, cin).permute(2, 1, 0).reshape(cin, -1).to(dtype)
+
+
+def _norm_act(x: torch.Tensor, norm) -> torch.Tensor:
+    """BatchNorm (train or eval mode, float32 statistics) + the block's activation."""
+    return norm.act(norm.bn(x))
+
+
+def _block(x: torch.Tensor, block, nbr: torch.Tensor, dtype) -> torch.Tensor:
+    identity = x if block.shortcut is None else F.linear(x, block.shortcut.weight.to(dtype))
+    h = _Subm.apply(_norm_act(x, block.norm1), _kernel_matrix(block.conv1.weight, dtype), nbr)
+    h = _Subm.apply(_norm_act(h, block.norm2), _kernel_matrix(block.conv2.weight, dtype), nbr)
+    return h + identity
+
+
+def engine_forward(model, indices: torch.Tensor, features: torch.Tensor, spatial_shape) -> torch.Tensor:
+    """``model``'s logits (N, num_classes) float32 for CPU tensors, rows in input order.
+
+    indices int (N, 1 + D) with the batch index in column 0; features float32 (N, C_in);
+    spatial_shape: D sizes (padded here to the model's stride). Differentiable in the model's
+    parameters; BatchNorm follows ``model.training``.
+    """
+    cfg = model.config
+    autocast = torch.is_autocast_enabled("cpu")
+    dtype = torch.get_autocast_dtype("cpu") if autocast else model.stem.weight.dtype
+    with torch.autocast("cpu", enabled=False):
+        shape = model.padded_shape(spatial_shape)
+        slots = 2 ** len(shape)
+        coords = indices.long()
+        keys, order = torch.sort(_keys(coords, shape))
+        level = _Level(coords[order], keys, shape)
+        x = (features.index_select(0, order) * cfg.input_scale).to(dtype)
+        x = _Subm.apply(x, _kernel_matrix(model.stem.weight, dtype), level.neighbours())
+        skips = []
+        for i, blocks in enumerate(model.encoder):
+            nbr = level.neighbours()
+            for block in blocks:
+                x = _block(x, block, nbr, dtype)
+            if i < len(model.down):
+                coarse, parent, slot, children = _coarsen(level)
+                pick = parent * slots + slot
+                skips.append((x, level, children, pick))
+                norm, conv = model.down[i]
+                x = _Down.apply(_norm_act(x, norm), _kernel_matrix(conv.weight, dtype), children, pick)
+                level = coarse
+        for (norm, inv), blocks in zip(model.up, model.decoder):
+            skip, level, children, pick = skips.pop()
+            x = _Up.apply(_norm_act(x, norm), _inverse_matrix(inv.weight, dtype), children, pick)
+            x = torch.cat([x, skip], dim=1)
+            nbr = level.neighbours()
+            for block in blocks:
+                x = _block(x, block, nbr, dtype)
+        logits = model.head(model.head_act(model.head_norm(x.to(model.head.weight.dtype))))
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.shape[0])
+        return logits.index_select(0, inverse)
