@@ -2,6 +2,7 @@
 
     python scripts/heldout_eval.py --weights weights/uresnet2d.pt --preset uboone -n 200 --seed 31337
     python scripts/heldout_eval.py --weights weights/uresnet3d.pt --preset pilarnet -n 200 --seed 31337
+    python scripts/heldout_eval.py --weights weights/uresnet2d.pt --label-rule legacy   # the old label convention
 
 Simulates ``n`` interactions with a seed never used in training (kept under --out, reused on
 a rerun), segments them at full size with ``sparseseg predict``'s code path, and writes
@@ -62,17 +63,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="folder (default runs/heldout/<weights stem>)")
     p.add_argument("--min-score", action="append", default=[], metavar="CLASS=SCORE")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="as for `sparseseg predict`")
+    p.add_argument("--label-rule", default="visible", choices=["visible", "legacy"],
+                   help="truth label convention of the simulated events (README 'Classes')")
     args = p.parse_args(argv)
 
     from sparseseg.infer import parse_min_scores
 
-    out = Path(args.out or f"runs/heldout/{Path(args.weights).stem}-{args.precision}")
+    out = Path(args.out or f"runs/heldout/{Path(args.weights).stem}-{args.precision}-{args.label_rule}")
     out.mkdir(parents=True, exist_ok=True)
-    events = out / f"{args.preset}-seed{args.seed}-n{args.n}.h5"
+    events = out / f"{args.preset}-seed{args.seed}-n{args.n}-{args.label_rule}.h5"
     if not events.exists():
         t0 = time.perf_counter()
         with EventWriter(str(events), attrs={"preset": args.preset, "seed": args.seed}, resume=True) as w:
-            for i, ev in enumerate(simulate(args.preset, args.n, args.seed)):
+            for i, ev in enumerate(simulate(args.preset, args.n, args.seed, label_rule=args.label_rule)):
                 if i >= w.n_done:
                     w.append(ev)
         print(f"simulated {args.n} {args.preset} interactions (seed {args.seed}) in {time.perf_counter() - t0:.0f} s")
@@ -88,11 +91,12 @@ def main(argv=None) -> int:
     print(format_table(s))
     (out / "metrics.json").write_text(json.dumps({"summary": s, "timing": r, "weights": args.weights,
                                                   "preset": args.preset, "seed": args.seed, "n": args.n,
-                                                  "min_scores": args.min_score, "precision": predictor.precision},
+                                                  "min_scores": args.min_score, "precision": predictor.precision,
+                                                  "label_rule": args.label_rule},
                                                  indent=2))
     confusion_heatmap(acc.matrix, str(out / "confusion.png"),
                       title=f"{Path(args.weights).name}: {args.n} held-out {args.preset} interactions (seed {args.seed})")
-    title = f"Held-out {args.preset}: {args.n} interactions, seed {args.seed}"
+    title = f"Held-out {args.preset}: {args.n} interactions, seed {args.seed}, label rule {args.label_rule}"
     if args.min_score:
         title += f", --min-score {' '.join(args.min_score)}"
     (out / "card.md").write_text(card_markdown(s, title, r))

@@ -23,6 +23,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "val_images": 48,
         "planes": None,  # restrict to these planes, e.g. [Y]; null = all
         "num_workers": 1,
+        "label_rule": "visible",  # label convention of simulated data: visible | legacy (sparseseg.simulate.labels)
+        "augment": None,  # detector conditions drawn per simulated interaction (AUGMENT_DEFAULTS); null = nominal
     },
     "train": {
         "batch_size": 8,
@@ -56,6 +58,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "plane": {},
     },
 }
+
+AUGMENT_DEFAULTS: dict[str, Any] = {
+    "probability": 0.8,  # fraction of simulated interactions with drawn conditions (the rest: nominal)
+    "gain": [0.5, 2.0],  # overall gain, log-uniform, before noise and threshold
+    "plane_gain_spread": 0.15,  # log-normal sigma of an extra per-plane gain
+    "noise": [2.0, 4.5],  # white-noise sigma (ADC), uniform
+    "coherent": [0.0, 2.5],  # coherent-noise sigma (ADC), uniform
+    "dead_bands": [0, 2],  # extra bands of dead wires per plane, uniform integer
+    "threshold": [10.0, 20.0],  # zero-suppression threshold (ADC): half at the low end, half uniform
+}
+"""Keys of ``data.augment`` (a mapping overrides some of them; ``true`` takes them all)."""
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
@@ -95,6 +108,16 @@ def resolve(user: dict | None) -> dict:
     for key in ("batch_size", "max_steps", "val_every", "log_every", "checkpoint_every", "accumulate"):
         if not isinstance(t[key], int) or t[key] < 1:
             raise ValueError(f"config: train.{key} must be a positive integer, got {t[key]!r}")
+    if d["label_rule"] not in ("visible", "legacy"):
+        raise ValueError(f"config: data.label_rule {d['label_rule']!r} unknown; expected visible or legacy")
+    if d["augment"] is True:
+        d["augment"] = copy.deepcopy(AUGMENT_DEFAULTS)
+    elif d["augment"]:
+        if not isinstance(d["augment"], dict):
+            raise ValueError(f"config: data.augment must be a mapping, true or null, got {d['augment']!r}")
+        d["augment"] = _merge(AUGMENT_DEFAULTS, d["augment"], "data.augment")
+    else:
+        d["augment"] = None
     if d["simulate"] is None and not d["train"]:
         raise ValueError("config: set data.simulate to a simulator preset or data.train to HDF5 file(s)")
     return cfg

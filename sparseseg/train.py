@@ -26,6 +26,36 @@ from .weighting import WeightConfig, pixel_weights
 
 
 # --------------------------------------------------------------------------- data
+def draw_conditions(augment: dict | None, preset: str, seed: int, k: int):
+    """Detector conditions for simulated training interaction ``k`` under ``data.augment``
+    (None: the preset's nominal detector). A pure function of (augment, seed, k), so a resumed
+    run sees the same images. Gains are drawn log-uniformly (overall) times a log-normal
+    per-plane spread; noise, coherent noise, dead-wire bands and the threshold uniformly
+    (the threshold stays at 10 ADC in half of the augmented interactions)."""
+    if not augment:
+        return None
+    import dataclasses
+
+    from .simulate.detector import default_conditions
+
+    rng = np.random.default_rng([int(seed), int(k), 0xA06])
+    if rng.random() >= float(augment["probability"]):
+        return None
+    base = default_conditions(preset)
+    lo, hi = augment["gain"]
+    gain = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    if preset == "pilarnet":  # 3D volumes: only the overall scale applies
+        return dataclasses.replace(base, gain=gain)
+    plane = tuple(float(x) for x in np.exp(rng.normal(0.0, float(augment["plane_gain_spread"]), 3)))
+    thr_lo, thr_hi = augment["threshold"]
+    threshold = float(rng.uniform(thr_lo, thr_hi)) if rng.random() < 0.5 else float(thr_lo)
+    return dataclasses.replace(
+        base, gain=gain, plane_gain=plane, noise_adc=float(rng.uniform(*augment["noise"])),
+        coherent_noise_adc=float(rng.uniform(*augment["coherent"])),
+        extra_dead_bands=int(rng.integers(augment["dead_bands"][0], augment["dead_bands"][1] + 1)),
+        threshold=threshold)
+
+
 class ImageSource:
     """Images by global index j: simulated on the fly, or read from HDF5 file(s)."""
 
@@ -33,6 +63,8 @@ class ImageSource:
         self.preset = data_cfg["simulate"] if files is None else None
         self.seed = int(data_cfg["seed"] if seed is None else seed)
         self.planes = data_cfg.get("planes")
+        self.augment = data_cfg.get("augment")
+        self.label_rule = data_cfg.get("label_rule", "visible")
         self.files = files if files is not None else data_cfg["train"]
         self._cache: OrderedDict[int, list] = OrderedDict()
         self._dataset = None
@@ -48,7 +80,8 @@ class ImageSource:
         if k not in self._cache:
             from .simulate import simulate_interaction
 
-            evs = simulate_interaction(self.preset, self.seed, k)
+            cond = draw_conditions(self.augment, self.preset, self.seed, k)
+            evs = simulate_interaction(self.preset, self.seed, k, conditions=cond, label_rule=self.label_rule)
             if self.planes:
                 evs = [e for e in evs if e.plane in self.planes]
             self._cache[k] = evs
@@ -152,15 +185,18 @@ def accumulated_step(net, micro_batches, device, precision: str = "fp32", sync=N
     return loss_sum, correct / max(1, counted)
 
 
-def resolve_precision(precision: str, device, sparse: bool) -> str:
-    """train.precision -> "fp32" or "bf16". ``auto`` is bf16 for the sparse UResNet on CPUs
-    with native bfloat16 (AVX512-BF16 or AMX: the engine's GEMMs run 2-3x faster there) and
-    fp32 elsewhere (GPUs, dense models, CPUs without it)."""
+def resolve_precision(precision: str, device, sparse: bool, dim: int = 2) -> str:
+    """train.precision -> "fp32" or "bf16". ``auto`` is bf16 where training runs through the
+    engine (2D sparse UResNet on CPU, see ``models.uresnet.cpu_path``) on a CPU with native
+    bfloat16 (AVX512-BF16 or AMX: the engine's GEMMs run 2-3x faster there), and fp32
+    elsewhere (GPUs, dense models, 3D, CPUs without it)."""
     if precision != "auto":
         return precision
     from .models.sparse_infer import cpu_has_bf16
+    from .models.uresnet import cpu_path
 
-    return "bf16" if sparse and torch.device(device).type == "cpu" and cpu_has_bf16() else "fp32"
+    engine = sparse and cpu_path(device, dim, grad=True) == "engine"
+    return "bf16" if engine and cpu_has_bf16() else "fp32"
 
 
 def memory_record(device) -> dict[str, float]:
@@ -249,7 +285,7 @@ class SegmentationTask:
         if d["val"]:
             vsrc = ImageSource(d, files=d["val"])
             return [vsrc._files()[i] for i in range(min(len(vsrc), d["val_images"]))]
-        vsrc = ImageSource(d, seed=d["val_seed"])
+        vsrc = ImageSource(dict(d, augment=None), seed=d["val_seed"])  # nominal detector
         return [vsrc.get(j) for j in range(d["val_images"])]
 
     def evaluate(self, model, events, batch_size: int = 8) -> dict[str, Any]:
@@ -324,7 +360,8 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
     from .tasks import dense_task
 
     task = dense_task(cfg) or SegmentationTask(cfg)
-    precision = resolve_precision(t["precision"], device, isinstance(task, SegmentationTask))
+    precision = resolve_precision(t["precision"], device, isinstance(task, SegmentationTask),
+                                  int(cfg["model"].get("dim", 2)))
     mcfg = dict(cfg["model"])
     model = build_model(mcfg.pop("name"), **mcfg).to(device)
     optimizer = make_optimizer(model.parameters(), t)

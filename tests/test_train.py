@@ -165,3 +165,23 @@ def test_sigkill_mid_run_then_resume_equals_straight_run(tmp_path, train_file):
     assert a["step"] == b["step"] == 6
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_precision_is_resolved_recorded_and_checked_on_resume(tmp_path, train_file):
+    from sparseseg.models.sparse_infer import cpu_has_bf16
+    from sparseseg.train import resolve_precision
+
+    assert resolve_precision("fp32", "cpu", True) == "fp32"
+    assert resolve_precision("auto", "cpu", False) == "fp32"  # dense models: autocast is not worth it on CPU
+    assert resolve_precision("auto", "cuda", True) == "fp32"
+    assert resolve_precision("auto", "cpu", True, dim=3) == "fp32"  # 3D trains through the graph
+    assert resolve_precision("auto", "cpu", True) == ("bf16" if cpu_has_bf16() else "fp32")
+    cfg = tiny_config(train_file, max_steps=2, checkpoint_every=1, val_every=2, precision="auto")
+    train(cfg, tmp_path / "r", progress=False)
+    ckpt = checkpoint.load(tmp_path / "r" / "checkpoint.pt")
+    assert ckpt["precision"] == resolve_precision("auto", "cpu", True)
+    other = "fp32" if ckpt["precision"] == "bf16" else "bf16"
+    cfg["train"]["precision"] = other
+    cfg["train"]["max_steps"] = 3
+    with pytest.raises(ValueError, match=f"--resume: .* was trained in {ckpt['precision']}, this run would use {other}"):
+        train(cfg, tmp_path / "r", resume=True, progress=False)

@@ -42,10 +42,16 @@ class DenseUResNetConfig:
     reps: int = 2
     leakiness: float = 0.0
     input_scale: float = 0.01
+    input_norm: str = "none"
+    """As the sparse model's; the dense network itself takes calibrated values:
+    :func:`predict_events` (and :func:`densify` with ``normalize=True``) apply the per-image
+    MIP calibration before densifying. An exported dense model expects calibrated input."""
 
     def __post_init__(self) -> None:
         if self.dim not in (2, 3):
             raise ValueError(f"uresnet-dense: dim must be 2 or 3, got {self.dim}")
+        if self.input_norm not in ("none", "mip"):
+            raise ValueError(f"uresnet-dense: input_norm must be one of none, mip, got {self.input_norm!r}")
         require_positive(self, ("in_channels", "num_classes", "depth", "filters", "reps"), "uresnet-dense: ")
 
     @property
@@ -190,9 +196,10 @@ def convert_sparse_state_dict(state: dict, dim: int = 2) -> dict:
 
 
 # --------------------------------------------------------------------------- events
-def densify(events, channels: int | None = None, multiple: int = 1) -> torch.Tensor:
+def densify(events, channels: int | None = None, multiple: int = 1, normalize: bool = False) -> torch.Tensor:
     """Stack Events into a dense float32 tensor (B, F, *S), S = per-axis max of the events'
-    shapes rounded up to ``multiple``; pixels not in an event's list are 0."""
+    shapes rounded up to ``multiple``; pixels not in an event's list are 0. ``normalize``:
+    rescale each event to the nominal MIP scale (:mod:`sparseseg.calibration`) first."""
     events = list(events)
     if not events:
         raise ValueError("uresnet-dense: got an empty list of events")
@@ -209,6 +216,10 @@ def densify(events, channels: int | None = None, multiple: int = 1) -> torch.Ten
         if len(ev):
             idx = torch.from_numpy(ev.coords.astype(np.int64))
             feats = torch.from_numpy(ev.features)
+            if normalize:
+                from ..calibration import NOMINAL_MIP, mip_scale
+
+                feats = feats * (NOMINAL_MIP / mip_scale(ev.features[:, 0]))
             out[(torch.full((len(ev),), b, dtype=torch.long), slice(None), *idx.T)] = feats
     return out
 
@@ -229,7 +240,7 @@ def predict_events(model: DenseUResNet, events: Sequence, device: str | torch.de
     if events and events[0].ndim != model.dim:
         raise ValueError(f"uresnet-dense: this model takes {model.dim}D events, got a {events[0].ndim}D event")
     device = device or next(model.parameters()).device
-    x = densify(events, model.in_channels, model.stride).to(device)
+    x = densify(events, model.in_channels, model.stride, normalize=model.config.input_norm == "mip").to(device)
     y = model(x)
     rows = []
     for b, ev in enumerate(events):

@@ -246,6 +246,9 @@ class FastUResNet:
             return torch.zeros((0, cfg.num_classes))
         if features.shape[1] != cfg.in_channels:
             raise ValueError(f"uresnet: expected {cfg.in_channels} feature channel(s), got {features.shape[1]}")
+        from .uresnet import prepare_input
+
+        features = prepare_input(cfg, indices, features)
         s = 2 ** (cfg.depth - 1)
         shape = [int(-(-int(n) // s) * s) for n in spatial_shape]
         slots = 2 ** len(shape)

@@ -10,6 +10,8 @@ from ..classes import DELTA, HIP, MICHEL, MIP, PLANES as PLANE_NAMES, SHOWER
 from ..event import Event
 from . import physics as ph
 from .deposits import Deposits
+from .detector import Conditions, resolve_conditions
+from .labels import DELTA_SHOWER_MEV, check_label_rule, delta_parents, fold_unresolved_deltas
 from .geometry import (
     CUBE_HI,
     CUBE_LO,
@@ -230,7 +232,7 @@ def sample_cosmics(rng, n, lo, hi, ext=400.0):
 DELTA_TMIN = 1.0  # MeV
 
 
-def _run_physics(rng, prim: Primaries, lo, hi, topology, vertex):
+def _run_physics(rng, prim: Primaries, lo, hi, topology, vertex, label_rule: str = "visible"):
     n = len(prim)
     pdg = np.array(prim.pdg, dtype=np.int64)
     start = np.array(prim.start).reshape(n, 3)
@@ -248,6 +250,13 @@ def _run_physics(rng, prim: Primaries, lo, hi, topology, vertex):
     mass = np.array([ph.PDG_MASS[int(p)] for p in pdg[ti]])
     step = np.where(pdg[ti] == 2212, 0.15, 0.3)
     steps = propagate_tracks(rng, start[ti], dirs[ti], T[ti], mass, step, lo, hi, max_len[ti])
+    # knock-ons above DELTA_TMIN are drawn explicitly below, so muons and pions lose only the
+    # restricted energy loss along the track (else that charge would be counted twice)
+    light_steps = mass[steps.owner] < 500.0 if steps.owner.size else np.zeros(0, bool)
+    for mval in np.unique(mass[steps.owner[light_steps]]) if light_steps.any() else ():
+        sel = light_steps & (mass[steps.owner] == mval)
+        E = steps.energy[sel]
+        steps.dedx[sel] *= ph.restricted_dedx(E, float(mval), DELTA_TMIN) / ph.bethe_dedx(E, float(mval))
     tlabel = np.where(pdg[ti] == 2212, HIP, MIP).astype(np.uint8)
     deps.append(Deposits.from_steps(rng, steps, tlabel, cluster[ti], shift[ti], 0.12))
 
@@ -275,7 +284,8 @@ def _run_physics(rng, prim: Primaries, lo, hi, topology, vertex):
             owner = ti[steps.owner[sel]]
             k = sel.size
             em_start.append(pos); em_dir.append(dd); em_E.append(Td); em_photon.append(np.zeros(k, bool))
-            em_label.append(np.full(k, DELTA, np.uint8)); em_cluster.append(np.arange(next_id, next_id + k, dtype=np.int32))
+            kind = np.where(Td > DELTA_SHOWER_MEV, SHOWER, DELTA) if label_rule == "visible" else np.full(k, DELTA)
+            em_label.append(kind.astype(np.uint8)); em_cluster.append(np.arange(next_id, next_id + k, dtype=np.int32))
             em_shift.append(shift[owner]); em_pdg.append(np.full(k, 11)); em_parent += [f"delta:{c}" for c in cluster[owner]]
             next_id += k
 
@@ -375,11 +385,23 @@ def _cosmics_hitting_windows(entry, dirs, chord, shift, windows, size, margin=24
     return hit
 
 
-def simulate_full(preset: str, seed: int, index: int) -> tuple[list[Event], Truth]:
-    """Simulate one interaction; returns its Events and the generator truth."""
+def simulate_full(
+    preset: str, seed: int, index: int, conditions: Conditions | None = None, label_rule: str = "visible"
+) -> tuple[list[Event], Truth]:
+    """Simulate one interaction; returns its Events and the generator truth.
+
+    ``label_rule``: "visible" (default) or "legacy", the label convention of
+    :mod:`sparseseg.simulate.labels`; it changes labels only, never charge or coordinates.
+
+    ``conditions`` (a :class:`~sparseseg.simulate.detector.Conditions`; None: the preset's
+    default, see :func:`~sparseseg.simulate.detector.default_conditions`) changes only the
+    detector response: the particles, deposits and truth do not depend on it.
+    """
     pre = _check_preset(preset)
     seed = _check_int("seed", seed)
     index = _check_int("index", index)
+    check_label_rule(label_rule)
+    cond = resolve_conditions(pre.name, conditions)
     ss = np.random.SeedSequence([seed, index])
     rng, rng_cos, rng_det = (np.random.default_rng(s) for s in ss.spawn(3))
     prim = Primaries()
@@ -414,46 +436,56 @@ def simulate_full(preset: str, seed: int, index: int) -> tuple[list[Event], Trut
         for i in np.flatnonzero(use):
             prim.add(cpdg[i], entry[i], cdirs[i], cT[i], cshift[i], cosmic=True, max_len=chord[i] + 10.0, parent="cosmic")
 
-    deps, truth = _run_physics(rng, prim, lo, hi, topology, vertex)
+    deps, truth = _run_physics(rng, prim, lo, hi, topology, vertex, label_rule)
+    parents = delta_parents(truth) if label_rule == "visible" else {}
     truth.windows = windows or []
     meta = {"event_id": index, "preset": pre.name, "seed": seed, "topology": topology}
     if pre.ndim == 3:
         pts = charge_points(rng_det, deps, diffuse=False)
-        r = render_voxels(pts)
+        r = render_voxels(pts, conditions=cond)
         verts = (truth.vertices3d / VOXEL_CM - 0.5).astype(np.float32)
-        ev = Event(r.coords, r.adc, pre.shapes[0], r.labels, r.clusters, verts, dict(meta, plane="3D"))
+        lab, clu = fold_unresolved_deltas(r.coords, pre.shapes[0], r.labels, r.clusters, parents)
+        ev = Event(r.coords, r.adc, pre.shapes[0], lab, clu, verts, dict(meta, plane="3D", label_rule=label_rule))
         return [ev], truth
     pts = charge_points(rng_det, deps, diffuse=True)
     events = []
     for k, p in enumerate(PLANES):
         shape = pre.shapes[k]
         r0, w0 = windows[k] if windows else (0, 0)
-        r = render_plane(rng_det, pts, p, r0, w0, shape[0], shape[1], pre.noise_adc[k], pre.dead_fraction)
+        r = render_plane(rng_det, pts, p, r0, w0, shape[0], shape[1], pre.noise_adc[k], pre.dead_fraction,
+                         conditions=cond)
         v = project_points(truth.vertices3d, p, truth.vertex_shift) - 0.5 - np.array([r0, w0])
-        ev = Event(r.coords, r.adc, shape, r.labels, r.clusters, v.astype(np.float32),
-                   dict(meta, plane=PLANE_NAMES[k]))
+        lab, clu = fold_unresolved_deltas(r.coords, shape, r.labels, r.clusters, parents)
+        ev = Event(r.coords, r.adc, shape, lab, clu, v.astype(np.float32),
+                   dict(meta, plane=PLANE_NAMES[k], label_rule=label_rule))
         events.append(ev)
     return events, truth
 
 
-def simulate_interaction(preset: str, seed: int, index: int) -> list[Event]:
+def simulate_interaction(preset: str, seed: int, index: int, conditions: Conditions | None = None,
+                         label_rule: str = "visible") -> list[Event]:
     """Simulate interaction ``index`` of the stream ``seed``.
 
     2D presets ("uboone", "crop512") give three Events, planes U, V, Y in that order;
-    "pilarnet" gives one 3D Event. The result depends only on (preset, seed, index).
+    "pilarnet" gives one 3D Event. The result depends only on (preset, seed, index) and the
+    detector ``conditions`` (None: the preset's default), which never change the physics.
     """
-    return simulate_full(preset, seed, index)[0]
+    return simulate_full(preset, seed, index, conditions=conditions, label_rule=label_rule)[0]
 
 
-def simulate(preset: str, n: int, seed: int, start: int = 0) -> Iterator[Event]:
-    """Yield the Events of interactions start .. start + n - 1, in order."""
+def simulate(preset: str, n: int, seed: int, start: int = 0, conditions: Conditions | None = None,
+             label_rule: str = "visible") -> Iterator[Event]:
+    """Yield the Events of interactions start .. start + n - 1, in order (``conditions``: as in
+    :func:`simulate_full`)."""
     _check_preset(preset)
+    resolve_conditions(preset, conditions)
+    check_label_rule(label_rule)
     n = _check_int("n", n)
     seed = _check_int("seed", seed)
     start = _check_int("start", start)
 
     def gen():
         for i in range(start, start + n):
-            yield from simulate_interaction(preset, seed, i)
+            yield from simulate_interaction(preset, seed, i, conditions=conditions, label_rule=label_rule)
 
     return gen()

@@ -4,6 +4,14 @@ scattering; the charged daughters are stepped again, generation after generation
 
 All particles of one generation (from every shower, Michel and delta ray in the event) are
 handled together as flat arrays.
+
+Energy bookkeeping: electrons are stepped by :func:`tracks.step_electrons`, which removes each
+radiated photon's energy from the electron at its emission point and deposits the rest (collision
+loss and photons below ``K_CUT``) along the track; the Landau-like step fluctuations are then
+rescaled per electron so they move energy along the track without changing its total. In a large
+volume the deposits therefore add up to the primary energy, less what is not followed: the rest
+mass of converted pairs (no positron annihilation), Compton-scattered photons below
+``PHOTON_MIN`` and electrons below ``ELECTRON_MIN``.
 """
 from __future__ import annotations
 
@@ -14,13 +22,14 @@ import numpy as np
 from . import physics as ph
 from .deposits import Deposits
 from .geometry import inside_box
-from .tracks import propagate_electrons
+from .tracks import Emissions, step_electrons
 
-K_CUT = 1.0  # MeV: bremsstrahlung photons below this are not followed
+K_CUT = 1.0  # MeV: bremsstrahlung photons below this are not followed (absorbed on the electron's step)
 PHOTON_MIN = 0.25  # MeV: photons below this are absorbed without a visible electron
 ELECTRON_MIN = 0.05  # MeV
 PAIR_THRESHOLD = 8.0  # MeV: above, photons convert to e+e-; below, they Compton scatter
 MAX_GENERATIONS = 60
+ELECTRON_FLUCT = 0.15  # relative width of the Landau-like step fluctuations
 
 # photon attenuation length in LAr (cm) vs energy (MeV); ~9/7 X0 at high energy
 _ATT_E = np.log([0.1, 0.3, 1.0, 2.0, 5.0, 10.0, 30.0, 100.0, 1.0e5])
@@ -107,10 +116,10 @@ def cascade(
         brem = _Batch.empty()
         el = _select(el, el.energy > ELECTRON_MIN)
         if len(el):
-            steps = propagate_electrons(rng, el.start, el.dir, el.energy, lo, hi)
+            steps, emitted = step_electrons(rng, el.start, el.dir, el.energy, lo, hi, k_cut=K_CUT)
             p = el.prim
-            deps.append(Deposits.from_steps(rng, steps, label[p], cluster[p], shift[p], 0.15))
-            brem = _bremsstrahlung(rng, steps, el)
+            deps.append(_electron_deposits(rng, steps, label[p], cluster[p], shift[p]))
+            brem = _bremsstrahlung(rng, steps, emitted, el)
         ph_b = _Batch.cat([scattered, brem])
         el = _Batch.empty()
     cv = np.concatenate(conv_pts) if conv_pts else np.zeros((0, 3))
@@ -122,23 +131,35 @@ def _select(b: _Batch, m: np.ndarray) -> _Batch:
     return _Batch(b.start[m], b.dir[m], b.energy[m], b.prim[m], b.first[m])
 
 
-def _bremsstrahlung(rng: np.random.Generator, steps, el: _Batch) -> _Batch:
-    """Discrete photons along electron steps: rate ln(E/k_cut)/X0 per cm, 1/k spectrum."""
-    E = steps.energy
-    ok = E > K_CUT * 1.05
-    lam = np.where(ok, np.log(np.maximum(E, K_CUT) / K_CUT) * steps.length / ph.X0, 0.0)
-    cnt = rng.poisson(lam)
-    sel = np.repeat(np.arange(E.size), cnt)
+def _electron_deposits(rng: np.random.Generator, steps, label, cluster, shift) -> Deposits:
+    """Electron deposits with Landau-like fluctuations that move energy along each electron's
+    track without changing its total: each electron's fluctuated deposits are rescaled to the
+    energy it lost (sum of dedx * length), so deposits + radiated photons = initial energy."""
+    dep = Deposits.from_steps(rng, steps, label, cluster, shift, ELECTRON_FLUCT)
+    if not len(dep):
+        return dep
+    P = steps.count.size
+    want = np.bincount(steps.owner, weights=steps.dedx * steps.length, minlength=P)
+    got = np.bincount(steps.owner, weights=dep.energy, minlength=P)
+    scale = np.where(got > 0, want / np.maximum(got, 1e-300), 0.0)[steps.owner]
+    dep.energy = dep.energy * scale
+    dep.charge = dep.energy * ph.recombination(dep.energy / np.maximum(steps.length, 1e-4))
+    return dep
+
+
+def _bremsstrahlung(rng: np.random.Generator, steps, emitted: Emissions, el: _Batch) -> _Batch:
+    """Photons radiated by the stepped electrons (their energy already left the electron),
+    each from the end of its step, at an angle ~ m/E to the electron's direction there."""
+    sel = emitted.step
     if sel.size == 0:
         return _Batch.empty()
-    Ej = E[sel]
-    k = K_CUT * (Ej / K_CUT) ** rng.random(sel.size)
-    pos = steps.start[sel] + steps.vec[sel] * rng.random(sel.size)[:, None]
+    Ej = emitted.parent_energy
+    pos = steps.start[sel] + steps.vec[sel]
     d = steps.vec[sel] / np.maximum(steps.length[sel], 1e-9)[:, None]
     theta = np.minimum(ph.M_E / np.maximum(Ej, 0.5) * np.abs(rng.standard_normal(sel.size)) * 1.5, 1.0)
     d = ph.rotate_by(d, np.cos(theta), rng.uniform(0, 2 * np.pi, sel.size))
     prim = el.prim[steps.owner[sel]]
-    return _Batch(pos, d, k, prim, np.zeros(sel.size, bool))
+    return _Batch(pos, d, emitted.energy, prim, np.zeros(sel.size, bool))
 
 
 def _interact_photons(rng: np.random.Generator, g: _Batch, lo, hi):
