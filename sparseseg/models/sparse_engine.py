@@ -28,7 +28,6 @@ The parameters are the model's own (same state dict): the engine is a way of run
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .sparse_infer import _coarsen, _keys, _Level
 
@@ -51,9 +50,21 @@ def _gather(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return _pad(x).index_select(0, table.reshape(-1)).view(n, k * x.shape[1])
 
 
-def _chunks(n: int, width: int, itemsize: int):
-    step = max(64, CHUNK_BYTES // max(1, width * itemsize))
-    return range(0, n, step), step
+def _step(width: int, itemsize: int) -> int:
+    """Rows per chunk for gathered rows of ``width`` elements."""
+    return max(64, CHUNK_BYTES // max(1, width * itemsize))
+
+
+def _rows(m: int, step: int) -> int:
+    """The GEMM row count for a chunk of m <= step rows: step, step/4 or step/16.
+
+    oneDNN caches one primitive (with its scratch buffers) per GEMM shape; with a row count
+    per event size the cache, and the process's memory, would grow with every new batch. Three
+    row counts per filter shape keep it bounded; the padding rows are zeros and are dropped."""
+    for r in (max(1, step // 16), max(1, step // 4)):
+        if m <= r:
+            return r
+    return step
 
 
 def _gather_mm(x: torch.Tensor, table: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -62,13 +73,20 @@ def _gather_mm(x: torch.Tensor, table: torch.Tensor, w: torch.Tensor) -> torch.T
     c = x.shape[1]
     xp = _pad(x)
     out = torch.empty((n, w.shape[1]), dtype=x.dtype)
-    starts, step = _chunks(n, k * c, x.element_size())
+    step = _step(k * c, x.element_size())
     buf = torch.empty((step * k, c), dtype=x.dtype)
-    for a in starts:
+    for a in range(0, n, step):
         rows = table[a:a + step].reshape(-1)
         m = rows.shape[0] // k
-        g = torch.index_select(xp, 0, rows, out=buf[: m * k]).view(m, k * c)
-        torch.mm(g, w, out=out[a:a + m])
+        mp = _rows(m, step)
+        torch.index_select(xp, 0, rows, out=buf[: m * k])
+        if mp > m:
+            buf[m * k: mp * k].zero_()
+        g = buf[: mp * k].view(mp, k * c)
+        if mp == m:
+            torch.mm(g, w, out=out[a:a + m])
+        else:
+            out[a:a + m] = torch.mm(g, w)[:m]
     return out
 
 
@@ -78,19 +96,35 @@ def _gather_t_mm(x: torch.Tensor, table: torch.Tensor, dy: torch.Tensor) -> torc
     c = x.shape[1]
     xp = _pad(x)
     acc = torch.zeros((k * c, dy.shape[1]), dtype=torch.promote_types(x.dtype, torch.float32))
-    starts, step = _chunks(n, k * c, x.element_size())
+    step = _step(k * c, x.element_size())
     buf = torch.empty((step * k, c), dtype=x.dtype)
-    for a in starts:
+    dbuf = None
+    for a in range(0, n, step):
         rows = table[a:a + step].reshape(-1)
         m = rows.shape[0] // k
-        g = torch.index_select(xp, 0, rows, out=buf[: m * k]).view(m, k * c)
-        part = torch.mm(dy[a:a + m].t(), g).t()
-        acc += part
+        mp = _rows(m, step)
+        torch.index_select(xp, 0, rows, out=buf[: m * k])
+        g = buf[: mp * k].view(mp, k * c)
+        d = dy[a:a + m]
+        if mp > m:  # zero-padded rows of dy: the stale gathered rows beyond m add nothing
+            buf[m * k: mp * k].zero_()
+            if dbuf is None:
+                dbuf = dy.new_zeros((step, dy.shape[1]))
+            dbuf[:m] = d
+            dbuf[m:mp].zero_()
+            d = dbuf[:mp]
+        acc += torch.mm(d.t(), g).t()
     return acc.to(x.dtype)
 
 
+def _rows_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w through the same bounded row counts (no gather needed)."""
+    return _gather_mm(x, torch.arange(x.shape[0]).view(-1, 1), w)
+
+
 class _Subm(torch.autograd.Function):
-    """Submanifold convolution: x (N, C_in), w (K x C_in, C_out), nbr (N, K) -> (N, C_out)."""
+    """Submanifold convolution: x (N, C_in), w (K x C_in, C_out), nbr (N, K) -> (N, C_out).
+    With K = 1 and nbr = arange(N) it is a linear map (the residual shortcut)."""
 
     @staticmethod
     def forward(ctx, x, w, nbr):
@@ -128,7 +162,7 @@ class _Down(torch.autograd.Function):
         dy = dy.contiguous()
         dx = dw = None
         if ctx.needs_input_grad[0]:
-            dx = torch.mm(dy, w.t()).view(-1, cin).index_select(0, pick)
+            dx = _rows_mm(dy, w.t().contiguous()).view(-1, cin).index_select(0, pick)
         if ctx.needs_input_grad[1]:
             dw = _gather_t_mm(x, children, dy)
         return dx, dw, None, None
@@ -141,14 +175,14 @@ class _Up(torch.autograd.Function):
     def forward(ctx, x, w, children, pick):
         ctx.save_for_backward(x, w, children)
         cout = w.shape[1] // children.shape[1]
-        return torch.mm(x, w).view(-1, cout).index_select(0, pick)
+        return _rows_mm(x, w).view(-1, cout).index_select(0, pick)
 
     @staticmethod
     def backward(ctx, dy):
         x, w, children = ctx.saved_tensors
-        g = _gather(dy.contiguous(), children)  # (N_coarse, S x C_out)
-        dx = torch.mm(g, w.t()) if ctx.needs_input_grad[0] else None
-        dw = torch.mm(x.t(), g) if ctx.needs_input_grad[1] else None
+        dy = dy.contiguous()
+        dx = _gather_mm(dy, children, w.t().contiguous()) if ctx.needs_input_grad[0] else None
+        dw = _gather_t_mm(dy, children, x).t() if ctx.needs_input_grad[1] else None
         return dx, dw, None, None
 
 
@@ -170,7 +204,10 @@ def _norm_act(x: torch.Tensor, norm) -> torch.Tensor:
 
 
 def _block(x: torch.Tensor, block, nbr: torch.Tensor, dtype) -> torch.Tensor:
-    identity = x if block.shortcut is None else F.linear(x, block.shortcut.weight.to(dtype))
+    if block.shortcut is None:
+        identity = x
+    else:  # a linear map as a K = 1 convolution, through the same bounded GEMM shapes
+        identity = _Subm.apply(x, block.shortcut.weight.t().to(dtype), torch.arange(x.shape[0]).view(-1, 1))
     h = _Subm.apply(_norm_act(x, block.norm1), _kernel_matrix(block.conv1.weight, dtype), nbr)
     h = _Subm.apply(_norm_act(h, block.norm2), _kernel_matrix(block.conv2.weight, dtype), nbr)
     return h + identity

@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-import spconv.pytorch as spconv
+import logging
+
+# spconv asks torch.fx whether it is tracing on every call, and torch logs a deprecation
+# warning for that question once per process: noise on every command, not a user's concern
+logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+
+import spconv.pytorch as spconv  # noqa: E402
 from spconv.core import ConvAlgo
 
 from ..classes import NUM_CLASSES
