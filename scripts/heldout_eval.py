@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="folder (default runs/heldout/<weights stem>)")
     p.add_argument("--min-score", action="append", default=[], metavar="CLASS=SCORE")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="as for `sparseseg predict`")
+    p.add_argument("--no-class-bias", action="store_true", help="plain argmax (ignore the weights' class_bias)")
     p.add_argument("--label-rule", default="visible", choices=["visible", "legacy"],
                    help="truth label convention of the simulated events (README 'Classes')")
     args = p.parse_args(argv)
@@ -82,7 +83,8 @@ def main(argv=None) -> int:
     pred = out / "pred.h5"
     if pred.exists():
         pred.unlink()
-    predictor = Predictor(weights=args.weights, min_scores=parse_min_scores(args.min_score), precision=args.precision)
+    predictor = Predictor(weights=args.weights, min_scores=parse_min_scores(args.min_score), precision=args.precision,
+                          use_class_bias=not args.no_class_bias)
     r = predict_file(str(events), str(pred), predictor)
     r["threads"] = torch.get_num_threads()
     r["peak_rss_mb"] = peak_rss_mb()
@@ -92,7 +94,10 @@ def main(argv=None) -> int:
     (out / "metrics.json").write_text(json.dumps({"summary": s, "timing": r, "weights": args.weights,
                                                   "preset": args.preset, "seed": args.seed, "n": args.n,
                                                   "min_scores": args.min_score, "precision": predictor.precision,
-                                                  "label_rule": args.label_rule},
+                                                  "label_rule": args.label_rule,
+                                                  "class_bias": None if args.no_class_bias else
+                                                  (None if predictor.class_bias(2 if args.preset != "pilarnet" else 3) is None
+                                                   else predictor.class_bias(2 if args.preset != "pilarnet" else 3).tolist())},
                                                  indent=2))
     confusion_heatmap(acc.matrix, str(out / "confusion.png"),
                       title=f"{Path(args.weights).name}: {args.n} held-out {args.preset} interactions (seed {args.seed})")

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 DESCRIPTION = """\
@@ -34,9 +35,66 @@ class UsageError(Exception):
 
 
 # --------------------------------------------------------------------------- commands
+class Stopped(BaseException):
+    """Raised by the signal handler of a writing command (SIGTERM, SIGINT, SIGHUP)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.output: str | None = None
+
+
+@contextmanager
+def _stop_on_signals():
+    """Turn SIGTERM/SIGINT/SIGHUP into :class:`Stopped`, raised outside a writer's segment write."""
+    import signal
+
+    from .io.h5 import when_safe
+
+    got: list[int] = []
+
+    def handler(signum, frame):
+        if got:
+            return  # cleanup after the first signal is not interrupted again
+
+        def stop():
+            raise Stopped(signum)
+
+        got.append(signum)
+        when_safe(stop)
+
+    sigs = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
+    old = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _tracking_output(output: str):
+    """Context manager: a :class:`Stopped` raised inside is tagged with ``output``."""
+
+    @contextmanager
+    def cm():
+        try:
+            yield
+        except Stopped as stop:
+            stop.output = stop.output or output
+            raise
+
+    return cm()
+
+
 def cmd_simulate(args) -> None:
+    with _stop_on_signals():
+        _simulate(args)
+
+
+def _simulate(args) -> None:
     from tqdm import tqdm
 
+    from . import __version__
     from .io import EventWriter
     from .simulate import PRESETS, simulate
 
@@ -44,16 +102,32 @@ def cmd_simulate(args) -> None:
         raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     if args.n < 1:
         raise UsageError(f"-n must be at least 1, got {args.n}")
+    if args.start < 0:
+        raise UsageError(f"--start must be at least 0, got {args.start}")
     per = 1 if args.preset == "pilarnet" else 3
     attrs = {"preset": args.preset, "seed": args.seed, "adc_min": 10.0, "adc_max": 300.0, "label_rule": args.label_rule}
+    identity = {"command": "simulate", "preset": args.preset, "seed": args.seed, "start": args.start, "n": args.n,
+                "label_rule": args.label_rule, "sparseseg": __version__}
     t0 = time.perf_counter()
-    with EventWriter(args.output, attrs=attrs) as writer:
-        for ev in tqdm(simulate(args.preset, args.n, args.seed, start=args.start, label_rule=args.label_rule),
-                       total=args.n * per,
-                       desc=f"simulate {args.preset}", unit="image", disable=args.quiet):
-            writer.append(ev)
+    with _tracking_output(args.output):
+        with EventWriter(args.output, attrs=attrs, resume=not args.restart, identity=identity) as writer:
+            done_interactions, skip = divmod(writer.n_done, per)
+            left = args.n - done_interactions
+            bar = tqdm(total=args.n * per, initial=writer.n_done, desc=f"simulate {args.preset}", unit="image",
+                       disable=args.quiet)
+            if left > 0:
+                stream = simulate(args.preset, left, args.seed, start=args.start + done_interactions,
+                                  label_rule=args.label_rule)
+                for k, ev in enumerate(stream):
+                    if k < skip:
+                        continue
+                    writer.append(ev)
+                    bar.update(1)
+            bar.close()
+            resumed = writer.n_done
     dt = time.perf_counter() - t0
-    print(f"wrote {args.n} {args.preset} interaction(s) ({args.n * per} images) to {args.output} in {dt:.1f} s")
+    note = f" (resumed after {resumed} images)" if resumed else ""
+    print(f"wrote {args.n} {args.preset} interaction(s) ({args.n * per} images) to {args.output}{note} in {dt:.1f} s")
 
 
 def file_info(path: str) -> dict:
@@ -154,6 +228,11 @@ def cmd_train(args) -> None:
 
 
 def cmd_predict(args) -> None:
+    with _stop_on_signals():
+        _predict(args)
+
+
+def _predict(args) -> None:
     from .infer import Predictor, output_paths, parse_min_scores, parse_shard, predict_file
 
     if args.threads:
@@ -161,10 +240,16 @@ def cmd_predict(args) -> None:
     pairs = output_paths(args.inputs, args.output, parse_shard(args.shard))
     predictor = Predictor(weights=args.weights, device=args.device, min_scores=parse_min_scores(args.min_score),
                           precision=args.precision, model_name=args.model)
+
+    def warn(message: str) -> None:
+        print(f"sparseseg predict: warning: {' '.join(message.split())}", file=sys.stderr)
+
     for inp, out in pairs:
-        r = predict_file(inp, out, predictor, progress=not args.quiet)
+        with _tracking_output(out):
+            r = predict_file(inp, out, predictor, progress=not args.quiet, restart=args.restart, warn=warn)
         note = f" (resumed after {r['resumed_from']} images)" if r["resumed_from"] else ""
-        print(f"{inp} -> {out}: {r['images']} images{note}, {r['time_per_event_s']:.3f} s per event, "
+        clipped = f", {r['clipped']} feature values clipped to {r['clip']:g}" if r["clipped"] else ""
+        print(f"{inp} -> {out}: {r['images']} images{note}{clipped}, {r['time_per_event_s']:.3f} s per event, "
               f"peak memory {r['peak_rss_mb']:.0f} MB")
     if not pairs:
         print("nothing to do: no input file falls in this shard")
@@ -177,9 +262,16 @@ def torch_threads(n: int) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .infer import evaluate_files
+    from .infer import evaluate_files, same_path
     from .metrics import format_table
 
+    for option, target in (("--json", args.json), ("--plot", args.plot)):
+        if target:
+            for inp in args.inputs:
+                if same_path(inp, target):
+                    raise UsageError(f"{option} {target}: is the input file {inp}; choose another name")
+    if args.json and args.plot and same_path(args.json, args.plot):
+        raise UsageError(f"--json and --plot are the same file {args.json}; give two names")
     acc = evaluate_files(args.inputs)
     summary = acc.summary()
     print(format_table(summary))
@@ -337,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-rule", choices=["visible", "legacy"], default="visible",
                    help="label convention (README 'Classes'): visible (default: unresolvable delta stubs belong to their "
                         "track, knock-ons above the critical energy are showers) or legacy (every knock-on is delta)")
+    s.add_argument("--restart", action="store_true",
+                   help="discard the saved part of an interrupted run of this output (<output>.partial) instead of resuming it")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_simulate)
 
@@ -384,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "about 2x faster on CPUs with AVX512-BF16/AMX; auto (default) = bf16 on such CPUs, else fp32. "
                         "`sparseseg bench` prints bf16's agreement with fp32")
     s.add_argument("--shard", metavar="K/N", help="process only input files i with i %% N == K (batch arrays)")
+    s.add_argument("--restart", action="store_true",
+                   help="discard the saved part of an interrupted run (<output>.partial) instead of resuming it; "
+                        "needed when the input, weights or settings changed since")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_predict)
 
@@ -480,6 +577,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stopped_message(command: str, stop: Stopped) -> str:
+    import signal
+
+    from .io.h5 import PARTIAL_SUFFIX, partial_events
+
+    name = signal.Signals(stop.signum).name
+    out = stop.output
+    if out is None:
+        return f"sparseseg {command}: stopped by {name}: 0 images saved; rerun the same command to resume"
+    if not os.path.isdir(out + PARTIAL_SUFFIX) and os.path.exists(out):
+        return f"sparseseg {command}: stopped by {name} after {out} was complete"
+    n = partial_events(out)
+    return (f"sparseseg {command}: stopped by {name}: {n} images saved in {out}{PARTIAL_SUFFIX}; "
+            "rerun the same command to resume")
+
+
+def _os_error_text(err: OSError) -> str:
+    import errno as errno_mod
+
+    if type(err).__str__ is not OSError.__str__:
+        return " ".join(str(err).split())
+    if err.strerror:
+        code = errno_mod.errorcode.get(err.errno or -1, "")
+        cause = f"{err.strerror} ({code})" if code else err.strerror
+        return f"{err.filename}: {cause}" if err.filename else cause
+    return " ".join(str(err).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -488,13 +613,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         args.func(args)
+    except Stopped as stop:
+        print(_stopped_message(args.command, stop), file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print("sparseseg: interrupted", file=sys.stderr)
         return 130
     except (UsageError, ValueError, FileNotFoundError, FileExistsError, IndexError) as err:
         if args.debug:
             raise
-        print(f"sparseseg {args.command}: error: {err}", file=sys.stderr)
+        print(f"sparseseg {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if args.debug:
+            raise
+        print(f"sparseseg {args.command}: error: {_os_error_text(err)}", file=sys.stderr)
         return 2
     return 0
 

@@ -2,8 +2,10 @@
 
 Output files have the input's layout plus two per-pixel datasets: ``pred`` (uint8 class
 code) and ``scores`` (float16 softmax, 5 per pixel); truth labels are copied when present.
-Outputs are written through a ``.partial`` file renamed at the end, so a rerun after an
-interruption resumes where it stopped and gives the same file as an uninterrupted run.
+Outputs are written through a crash-safe ``<output>.partial`` folder of segments assembled at the
+end, so a rerun after an interruption (a crash, kill -9, eviction, a full disk) resumes where it
+stopped and gives the same file as an uninterrupted run; the partial records the input, weights
+and settings, and a rerun with other ones is refused.
 """
 from __future__ import annotations
 
@@ -40,10 +42,45 @@ def parse_min_scores(items: list[str] | None) -> dict[int, float]:
     return out
 
 
-def apply_min_scores(scores: np.ndarray, min_scores: dict[int, float]) -> np.ndarray:
-    """Argmax class per pixel; a pixel whose best class c has score < min_scores[c] takes
-    its best other class instead (seed 004's "delta score > 0.5")."""
-    pred = scores.argmax(axis=1)
+def biased_argmax(scores: np.ndarray, class_bias=None) -> np.ndarray:
+    """argmax over classes of log(score) + class_bias (class_bias None or zeros: plain argmax)."""
+    if class_bias is None or not np.any(class_bias):
+        return scores.argmax(axis=1)
+    return (np.log(np.maximum(scores, 1e-30)) + np.asarray(class_bias, np.float32)[None, :]).argmax(axis=1)
+
+
+def choose_class_bias(scores: np.ndarray, labels: np.ndarray, grid=np.arange(-1.0, 3.01, 0.25), rounds: int = 3):
+    """Per-class log-score offsets (C,) maximising the macro-averaged F1 on (scores (N, C),
+    labels (N,)); MIP (code 1) stays at 0. Coordinate ascent over ``grid``, ``rounds`` passes."""
+    from .metrics import confusion_matrix
+
+    c = scores.shape[1]
+    logp = np.log(np.maximum(scores, 1e-30))
+
+    def macro_f1(bias):
+        cm = confusion_matrix(labels, (logp + bias[None, :]).argmax(1), c).astype(np.float64)
+        tp = np.diag(cm)
+        f1 = 2 * tp / np.maximum(cm.sum(0) + cm.sum(1), 1)
+        return float(f1[cm.sum(1) > 0].mean())
+
+    bias = np.zeros(c)
+    best = macro_f1(bias)
+    for _ in range(rounds):
+        for k in [k for k in range(c) if k != 1]:
+            for v in grid:
+                trial = bias.copy()
+                trial[k] = v
+                f = macro_f1(trial)
+                if f > best + 1e-6:
+                    best, bias = f, trial
+    return bias, best
+
+
+def apply_min_scores(scores: np.ndarray, min_scores: dict[int, float], class_bias=None) -> np.ndarray:
+    """Argmax class per pixel (of log score + ``class_bias``, the offsets shipped with the
+    weights); a pixel whose best class c has score < min_scores[c] takes its best other class
+    instead (seed 004's "delta score > 0.5")."""
+    pred = biased_argmax(scores, class_bias)
     for c, threshold in min_scores.items():
         weak = (pred == c) & (scores[:, c] < threshold)
         if weak.any():
@@ -84,10 +121,13 @@ class Predictor:
     bf16 keeps activations and runs gathers and GEMMs in bfloat16 (the GEMMs accumulate in
     float32); auto picks bf16 where the CPU has native bfloat16 instructions (AVX512-BF16 or
     AMX), fp32 elsewhere and on GPUs. ``sparseseg bench`` prints bf16's agreement with fp32."""
+    use_class_bias: bool = True
+    """Apply the per-class offsets stored with the weights (``class_bias``); False: plain argmax."""
     model_name: str | None = None
     """None: whatever the weights hold; "patch-cnn" (or "uresnet") also checks the weights
     hold that model, and for patch-cnn picks weights/patch_cnn.pt by default."""
     _models: dict = field(default_factory=dict)
+    _bias: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -112,6 +152,8 @@ class Predictor:
                     what = "patch-cnn" if self.model_name == "patch-cnn" else f"{dim}D"
                     raise FileNotFoundError(f"no shipped {what} weights at {path}; pass --weights PATH")
             ckpt = load(path)
+            bias = ckpt.get("class_bias")
+            self._bias[dim] = np.asarray(bias, np.float32) if bias is not None and self.use_class_bias else None
             name = (ckpt["config"].get("model") or {}).get("name")
             if self.model_name and name != self.model_name:
                 raise ValueError(f"weights file {path}: holds model {name!r}, not {self.model_name!r}")
@@ -158,9 +200,18 @@ class Predictor:
                 out[i] = part.cpu().numpy()
         return out
 
+    def class_bias(self, dim: int):
+        """The per-class log-score offsets shipped with this dimension's weights (None if none)."""
+        self.model(dim)
+        return self._bias.get(dim)
+
     def predict(self, events) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(pred uint8 (N,), scores float32 (N, 5)) per event."""
-        return [(apply_min_scores(s, self.min_scores), s) for s in self.scores(events)]
+        """(pred uint8 (N,), scores float32 (N, 5)) per event. The predicted class is the argmax
+        of log score + the weights' ``class_bias`` (when they ship one), then ``min_scores``."""
+        if not events:
+            return []
+        bias = self.class_bias(events[0].ndim)
+        return [(apply_min_scores(s, self.min_scores, bias), s) for s in self.scores(events)]
 
 
 def _groups(event_ids: np.ndarray, start: int) -> list[list[int]]:
@@ -174,31 +225,156 @@ def _groups(event_ids: np.ndarray, start: int) -> list[list[int]]:
     return groups
 
 
-def predict_file(path: str, output: str, predictor: Predictor, progress: bool = True) -> dict:
-    """Segment every image of ``path`` into ``output``; resumes a ``.partial`` left by a crash."""
+DEFAULT_CLIP = 300.0
+"""Features above this (or the input file's ``adc_max`` attribute) are clipped before the model."""
+
+
+def same_path(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` name the same file (or would, once created)."""
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _sha256_file(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _weights_path(predictor: Predictor, dim: int) -> Path:
+    """The weights file the predictor uses for ``dim``-D events."""
+    if predictor.weights:
+        return Path(predictor.weights)
+    return PATCH_WEIGHTS if predictor.model_name == "patch-cnn" else DEFAULT_WEIGHTS[dim]
+
+
+def _input_identity(path: str, f) -> dict:
+    """Size, modification time and a hash of the offsets and attributes of an input file."""
+    import hashlib
+    import json
+    import os
+
+    st = os.stat(path)
+    h = hashlib.sha256(np.ascontiguousarray(f.offsets, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(f.event_ids, dtype=np.int64).tobytes())
+    h.update(json.dumps(f.attrs, sort_keys=True, default=str).encode())
+    return {"name": Path(path).name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+
+
+def _describe(f, i: int) -> str:
+    eid = int(f.event_ids[i])
+    parts = [f"event {i}"]
+    if eid != np.iinfo(np.int64).min:
+        parts.append(f"event id {eid}")
+    if f.planes[i]:
+        parts.append(f"plane {f.planes[i]}")
+    return parts[0] + (f" ({', '.join(parts[1:])})" if len(parts) > 1 else "")
+
+
+def _clip_value(f) -> float:
+    value = f.attrs.get("adc_max")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value > 0:
+        return float(value)
+    return DEFAULT_CLIP
+
+
+def _checked_features(path: str, f, i: int, ev, clip: float):
+    """``ev`` with its features checked (finite, >= 0) and clipped at ``clip``; (event, clipped count)."""
+    import copy
+
+    feats = ev.features
+    if not np.isfinite(feats).all():
+        bad = int((~np.isfinite(feats)).sum())
+        raise ValueError(f"{path}: {_describe(f, i)} has {bad} non-finite feature value(s) (NaN or inf); "
+                         "features must be finite ADC values >= 0")
+    if len(feats) and feats.min() < 0:
+        bad = int((feats < 0).sum())
+        raise ValueError(f"{path}: {_describe(f, i)} has {bad} negative feature value(s) (min {float(feats.min()):g}); "
+                         "features must be finite ADC values >= 0")
+    over = feats > clip
+    n_over = int(over.sum())
+    if not n_over:
+        return ev, 0
+    clipped = copy.copy(ev)
+    object.__setattr__(clipped, "features", np.minimum(feats, np.float32(clip)))
+    return clipped, n_over
+
+
+def predict_file(path: str, output: str, predictor: Predictor, progress: bool = True, *,
+                 restart: bool = False, warn=None) -> dict:
+    """Segment every image of ``path`` into ``output``.
+
+    The output is written through a crash-safe ``<output>.partial`` folder
+    (:class:`~sparseseg.io.EventWriter`): a rerun after an interruption resumes after the last
+    saved segment and gives the same file as an uninterrupted run, provided the input, the
+    weights and the settings are the same (they are recorded; a difference raises
+    ``ValueError`` naming it). ``restart=True`` discards a partial output first.
+
+    Features are checked at the boundary: non-finite or negative values raise ``ValueError``
+    naming the event; values above the clip (the file's ``adc_max`` attribute, else 300) are
+    clipped for the model, reported once per file through ``warn`` (default
+    :func:`warnings.warn`) and counted in the result's ``clipped``. Non-finite model scores
+    raise ``ValueError`` before anything of that event is written.
+    """
+    import warnings
+
     from tqdm import tqdm
 
+    from . import __version__
     from .io import EventFile, EventWriter
     from .io.h5 import _RESERVED_ATTRS
 
+    if same_path(path, output):
+        raise ValueError(f"-o {output}: is the input file {path}; choose another output name")
+    if warn is None:
+        def warn(message: str) -> None:
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
     t0 = time.perf_counter()
     times: list[float] = []
+    clipped_total = 0
     with EventFile(path) as f:
         attrs = {k: v for k, v in f.attrs.items()
                  if isinstance(v, (int, float, str)) and k not in _RESERVED_ATTRS}
         attrs["source_file"] = str(Path(path).name)
         attrs["min_scores"] = ";".join(f"{CLASS_NAMES[c]}={s}" for c, s in sorted(predictor.min_scores.items()))
         attrs["precision"] = predictor.precision
+        identity = {"command": "predict", "input": _input_identity(path, f), "precision": predictor.precision,
+                    "min_scores": attrs["min_scores"], "model": predictor.model_name,
+                    "class_bias": getattr(predictor, "use_class_bias", None), "sparseseg": __version__}
         if len(f):
             predictor.model(f.D)  # fail early on missing or mismatched weights
-        with EventWriter(output, extras=EXTRAS, attrs=attrs, resume=True) as w:
+            identity["weights_sha256"] = _sha256_file(_weights_path(predictor, f.D))
+        clip = _clip_value(f)
+        with EventWriter(output, extras=EXTRAS, attrs=attrs, resume=not restart, identity=identity) as w:
             start = w.n_done
             bar = tqdm(total=len(f), initial=start, desc=Path(path).name, unit="image", disable=not progress)
             for rows in _groups(f.event_ids, start):
                 events = [f[i] for i in rows]
+                model_events = []
+                for i, ev in zip(rows, events):
+                    ev_in, n_over = _checked_features(path, f, i, ev, clip)
+                    if n_over and not clipped_total:
+                        warn(f"{path}: {_describe(f, i)} has {n_over} feature value(s) above {clip:g} "
+                             f"(the {'adc_max attribute' if clip != DEFAULT_CLIP else 'default clip'}); "
+                             "clipped for the model (later ones are counted, not reported)")
+                    clipped_total += n_over
+                    model_events.append(ev_in)
                 tic = time.perf_counter()
-                results = predictor.predict(events)
+                results = predictor.predict(model_events)
                 times.append(time.perf_counter() - tic)
+                for i, (pred, scores) in zip(rows, results):
+                    if not np.isfinite(scores).all():
+                        bad = int((~np.isfinite(scores)).any(axis=1).sum())
+                        raise ValueError(f"{path}: the model gave non-finite scores for {bad} pixel(s) of "
+                                         f"{_describe(f, i)}; nothing of it was written")
                 for ev, (pred, scores) in zip(events, results):
                     w.append(ev, extras={"pred": pred, "scores": scores.astype(np.float16)})
                 bar.update(len(rows))
@@ -206,7 +382,8 @@ def predict_file(path: str, output: str, predictor: Predictor, progress: bool = 
             resumed = start
     return {"input": path, "output": output, "images": len(f), "resumed_from": resumed,
             "events": len(times), "time_per_event_s": float(np.mean(times)) if times else 0.0,
-            "wall_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
+            "wall_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "clipped": clipped_total,
+            "clip": clip}
 
 
 def output_paths(inputs: list[str], output: str, shard: tuple[int, int]) -> list[tuple[str, str]]:
@@ -227,6 +404,10 @@ def output_paths(inputs: list[str], output: str, shard: tuple[int, int]) -> list
         if len(set(stems)) != len(stems):
             raise ValueError("input files share a file name; their outputs would collide")
         pairs = [(p, str(out_dir / f"{Path(p).stem}.pred.h5")) for p in inputs]
+    for _, out in pairs:
+        for p in inputs:
+            if same_path(p, out):
+                raise ValueError(f"-o {output}: output {out} is the input file {p}; choose another output name")
     return [pair for i, pair in enumerate(pairs) if i % n == k]
 
 

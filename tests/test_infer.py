@@ -218,3 +218,25 @@ def test_precisions_agree_and_auto_follows_the_cpu(files):
     assert Predictor(device="cuda").precision == "fp32"  # auto: the GPU runs the training graph
     with pytest.raises(ValueError, match="precision bf16 is for CPU inference; on cuda use fp32"):
         Predictor(device="cuda", precision="bf16")
+
+
+def test_class_bias_by_hand_and_choice():
+    import numpy as np
+
+    from sparseseg.infer import apply_min_scores, biased_argmax, choose_class_bias
+
+    scores = np.array([[0.1, 0.6, 0.1, 0.1, 0.1], [0.05, 0.5, 0.05, 0.05, 0.35]], np.float32)
+    assert biased_argmax(scores).tolist() == [1, 1]
+    bias = np.array([0, 0, 0, 0, 0.5], np.float32)  # log(0.35) + 0.5 = -0.55 > log(0.5) = -0.69
+    assert biased_argmax(scores, bias).tolist() == [1, 4]
+    assert apply_min_scores(scores, {4: 0.4}, bias).tolist() == [1, 1]  # min score still applies
+    # a class the plain argmax never picks: the chosen offset recovers it without hurting the rest
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 2000)
+    s = np.full((2000, 5), 0.1)
+    s[np.arange(2000), labels] = 0.5
+    s[labels == 4, 4], s[labels == 4, 1] = 0.3, 0.4  # Michel always second to MIP
+    s /= s.sum(1, keepdims=True)
+    b, f1 = choose_class_bias(s, labels)
+    assert b[1] == 0 and b[4] > np.log(0.4 / 0.3)
+    assert (biased_argmax(s, b) == labels).all() and f1 == 1.0

@@ -277,18 +277,20 @@ def test_writer_resume_drops_incomplete_rows(tmp_path, rng):
             for e in events[:3]:
                 w.append(e)
             raise Crash()
-    # a batch cut off before its offsets were written: rows past the last complete event
-    with h5py.File(str(path) + ".partial", "r+") as h:
-        for name in ("coords", "features", "labels", "clusters", "vertices"):
-            ds = h[name]
-            ds.resize(ds.shape[0] + 17, axis=0)
-        for name in ("meta/plane", "meta/event_id", "meta/json", "meta/shape", "meta/has_vertices", "vertex_offsets"):
-            ds = h[name]
-            ds.resize(ds.shape[0] + 1, axis=0)
+    # what a crash mid-write leaves: a torn next segment without its checksum record, one
+    # whose record does not match its bytes, and a temp file
+    partial = tmp_path / "out.h5.partial"
+    seg0 = (partial / "seg-000000.h5").read_bytes()
+    (partial / "seg-000001.h5").write_bytes(seg0[: len(seg0) // 2])
+    (partial / ".seg-000001.h5.999.tmp").write_bytes(b"x" * 100)
+    (partial / "seg-000002.h5").write_bytes(seg0)
+    (partial / "seg-000002.json").write_text((partial / "seg-000000.json").read_text().replace('"sha256": "', '"sha256": "0'))
     with EventWriter(path, resume=True) as w:
         assert w.n_done == 3
+        assert sorted(q.name for q in partial.iterdir()) == ["lock", "manifest.json", "seg-000000.h5", "seg-000000.json"]
         for e in events[w.n_done :]:
             w.append(e)
+    assert not partial.exists()
     assert_same_files(str(clean), str(path))
 
 
