@@ -105,9 +105,12 @@ def _simulate(args) -> None:
     if args.start < 0:
         raise UsageError(f"--start must be at least 0, got {args.start}")
     per = 1 if args.preset == "pilarnet" else 3
-    attrs = {"preset": args.preset, "seed": args.seed, "adc_min": 10.0, "adc_max": 300.0, "label_rule": args.label_rule}
+    from .simulate import SIMULATOR_VERSION
+
+    attrs = {"preset": args.preset, "seed": args.seed, "adc_min": 10.0, "adc_max": 300.0, "label_rule": args.label_rule,
+             "simulator_version": SIMULATOR_VERSION}
     identity = {"command": "simulate", "preset": args.preset, "seed": args.seed, "start": args.start, "n": args.n,
-                "label_rule": args.label_rule, "sparseseg": __version__}
+                "label_rule": args.label_rule, "sparseseg": __version__, "simulator_version": SIMULATOR_VERSION}
     t0 = time.perf_counter()
     with _tracking_output(args.output):
         with EventWriter(args.output, attrs=attrs, resume=not args.restart, identity=identity) as writer:
@@ -364,6 +367,17 @@ def cmd_roi_eval(args) -> None:
         print(f"wrote {f}")
 
 
+def _report(text: str, res: dict, args) -> None:
+    """Print a table; write it as Markdown (--markdown) and its figures as JSON (--json)."""
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+        print(f"wrote {args.json}")
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+        print(f"wrote {args.markdown}")
+
+
 def cmd_robustness(args) -> None:
     from .robustness import format_table, run
 
@@ -372,13 +386,7 @@ def cmd_robustness(args) -> None:
     only = [c.strip() for c in args.conditions.split(",")] if args.conditions else None
     res = run(args.weights, args.preset, args.n, args.seed, args.precision, args.label_rule, only)
     text = format_table(res)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
-        print(f"wrote {args.json}")
-    if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
-        print(f"wrote {args.markdown}")
+    _report(text, res, args)
 
 
 def cmd_bench(args) -> None:
@@ -387,24 +395,12 @@ def cmd_bench(args) -> None:
     if args.train:
         res = {"train": run_train(threads=args.threads or 2, steps=args.train_steps, batch=args.train_batch)}
         text = format_train(res["train"])
-        print(text)
-        if args.json:
-            Path(args.json).write_text(json.dumps(res, indent=2))
-            print(f"wrote {args.json}")
-        if args.markdown:
-            Path(args.markdown).write_text(text + "\n")
-            print(f"wrote {args.markdown}")
+        _report(text, res, args)
         return
     models = [m.strip() for m in args.models.split(",")] if args.models else list(DEFAULT_MODELS)
     res = run(models, threads=args.threads, reps=args.reps, device=args.device, scaling=not args.no_scaling)
     text = format_markdown(res)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
-        print(f"wrote {args.json}")
-    if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
-        print(f"wrote {args.markdown}")
+    _report(text, res, args)
     if args.plot and "scaling" in res:
         plot_scaling(res, args.plot)
         print(f"wrote {args.plot}")

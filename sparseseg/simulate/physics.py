@@ -37,12 +37,9 @@ _BOX_B = 0.212 / (LAR_DENSITY * E_FIELD_KV_CM)
 PDG_MASS = {13: M_MU, -13: M_MU, 211: M_PI, -211: M_PI, 2212: M_P, 11: M_E, -11: M_E, 22: 0.0}
 
 
-def bethe_dedx(T: np.ndarray, mass: float) -> np.ndarray:
-    """Mean stopping power (MeV/cm) of a singly charged particle of kinetic energy T in LAr.
-
-    Bethe-Bloch with the Sternheimer density correction; below beta*gamma = 0.05 (where
-    Bethe-Bloch fails) the value at 0.05 is used.
-    """
+def _bethe_terms(T, mass: float):
+    """(beta^2, (beta gamma)^2, T_max, density correction delta) of kinetic energy T; below
+    beta*gamma = 0.05 (where Bethe-Bloch fails) the values at 0.05."""
     T = np.asarray(T, dtype=np.float64)
     gamma = 1.0 + T / mass
     bg = np.sqrt(np.maximum(gamma * gamma - 1.0, 1e-12))
@@ -57,7 +54,17 @@ def bethe_dedx(T: np.ndarray, mass: float) -> np.ndarray:
         2.0 * np.log(10.0) * x - _C_BAR,
         np.where(x > _X0S, 2.0 * np.log(10.0) * x - _C_BAR + _A_S * (_X1S - x) ** _K_S, 0.0),
     )
-    L = 0.5 * np.log(2.0 * M_E * bg * bg * tmax / (_I * _I)) - b2 - 0.5 * delta
+    return b2, bg * bg, tmax, delta
+
+
+def bethe_dedx(T: np.ndarray, mass: float) -> np.ndarray:
+    """Mean stopping power (MeV/cm) of a singly charged particle of kinetic energy T in LAr.
+
+    Bethe-Bloch with the Sternheimer density correction; below beta*gamma = 0.05 (where
+    Bethe-Bloch fails) the value at 0.05 is used.
+    """
+    b2, bg2, tmax, delta = _bethe_terms(T, mass)
+    L = 0.5 * np.log(2.0 * M_E * bg2 * tmax / (_I * _I)) - b2 - 0.5 * delta
     return _KRHO / b2 * np.maximum(L, 0.5)
 
 
@@ -65,22 +72,9 @@ def restricted_dedx(T: np.ndarray, mass: float, tcut: float) -> np.ndarray:
     """Mean energy loss (MeV/cm) in collisions transferring less than ``tcut`` MeV (PDG
     restricted Bethe formula): what a track deposits along itself when knock-on electrons
     above ``tcut`` are simulated as particles of their own."""
-    T = np.asarray(T, dtype=np.float64)
-    gamma = 1.0 + T / mass
-    bg = np.sqrt(np.maximum(gamma * gamma - 1.0, 1e-12))
-    bg = np.maximum(bg, 0.05)
-    gamma = np.sqrt(1.0 + bg * bg)
-    b2 = bg * bg / (gamma * gamma)
-    r = M_E / mass
-    tmax = 2.0 * M_E * bg * bg / (1.0 + 2.0 * gamma * r + r * r)
+    b2, bg2, tmax, delta = _bethe_terms(T, mass)
     w = np.minimum(tcut, tmax)
-    x = np.log10(bg)
-    delta = np.where(
-        x >= _X1S,
-        2.0 * np.log(10.0) * x - _C_BAR,
-        np.where(x > _X0S, 2.0 * np.log(10.0) * x - _C_BAR + _A_S * (_X1S - x) ** _K_S, 0.0),
-    )
-    L = 0.5 * np.log(2.0 * M_E * bg * bg * w / (_I * _I)) - 0.5 * b2 * (1.0 + w / tmax) - 0.5 * delta
+    L = 0.5 * np.log(2.0 * M_E * bg2 * w / (_I * _I)) - 0.5 * b2 * (1.0 + w / tmax) - 0.5 * delta
     return np.minimum(_KRHO / b2 * np.maximum(L, 0.5), bethe_dedx(T, mass))
 
 
