@@ -17,8 +17,14 @@ For ``sparseseg simulate`` (crop512, 30 interactions = 90 images) and ``sparsese
   partial outputs given to readers, outputs equal to an input, NaN / negative / huge features,
   and, when run as root with tmpfs available, a full disk and the resume after space is freed.
 
+* option, configuration and OS errors: a read-only output folder (root: a read-only tmpfs), a
+  folder given as an output file, negative ``--threads``, an unknown ``--device``, CUDA asked
+  for without CUDA, a huge ``--seed``, YAML values of the wrong type, a resume with another
+  model section, and an argparse error: each one line, exit status 2.
+
 Prints one line per failure and ``tried N, handled M``; exit status 0 when all are handled.
-Usage: ``nice -n 19 python scripts/fault_matrix.py [--keep DIR]`` (a few minutes on 1 core).
+Usage: ``nice -n 19 python scripts/fault_matrix.py [--keep DIR] [--only errors]`` (all: a few
+minutes on 1 core; ``--only errors``: the option and configuration cases, under a minute).
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ import time
 
 import h5py
 import numpy as np
+import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -211,15 +218,110 @@ def one_line_error(p: subprocess.CompletedProcess, needle: str) -> tuple[bool, s
     return ok, f"exit {p.returncode}, stderr {p.stderr.strip()[-300:]!r}"
 
 
+def error_cases(m: Matrix, work: str, events: str, weights: str) -> None:
+    """Option, configuration and OS errors: one line each, exit status 2, nothing written."""
+    os.makedirs(work, exist_ok=True)
+    j = lambda *p: os.path.join(work, *p)  # noqa: E731
+    pred = ["predict", events, "--weights", weights, "-q"]
+
+    def case(name: str, argv: list[str], needle: str, forbidden: str | None = None) -> None:
+        ok, why = one_line_error(sparseseg(argv), needle)
+        if forbidden and os.path.exists(forbidden):
+            ok, why = False, f"{forbidden} was written; {why}"
+        m.check(name, ok, why)
+
+    ro = j("ro")
+    os.makedirs(ro, exist_ok=True)
+    if os.geteuid() == 0:
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", ro],
+                              capture_output=True).returncode == 0
+    else:
+        os.chmod(ro, 0o555)
+        made = True
+    if not made:
+        print("read-only folder: skipped (needs a mountable tmpfs as root)", flush=True)
+    else:
+        try:
+            case("simulate into a read-only folder", ["simulate", "--preset", "crop512", "-n", "1", "-q", "-o",
+                                                      os.path.join(ro, "s.h5")], os.path.join(ro, "s.h5"))
+            case("predict into a read-only folder", pred + ["-o", os.path.join(ro, "p.h5")], os.path.join(ro, "p.h5"))
+            case("evaluate --json into a read-only folder", ["evaluate", events, "--json", os.path.join(ro, "m.json")],
+                 f"folder {ro} is not writable")
+        finally:
+            if os.geteuid() == 0:
+                subprocess.run(["umount", ro], capture_output=True)
+            else:
+                os.chmod(ro, 0o755)
+    folder = j("a_folder")
+    os.makedirs(folder, exist_ok=True)
+    case("simulate -o an existing folder", ["simulate", "--preset", "crop512", "-n", "1", "-q", "-o", folder],
+         "is a directory")
+    case("evaluate --json an existing folder", ["evaluate", events, "--json", folder], "is a directory")
+    case("show -o an existing folder", ["show", events, "-o", folder], "is a directory")
+    for argv in (pred + ["-o", j("t.h5"), "--threads", "-1"], ["demo", "--out", j("demo"), "--threads", "-1"],
+                 ["robustness", "--threads", "-1"]):
+        case(f"{argv[0]} --threads -1", argv, "--threads -1: must be at least 1", forbidden=j("t.h5"))
+    case("predict --device tpu", pred + ["-o", j("t.h5"), "--device", "tpu"], "--device tpu: unknown device")
+    import torch
+
+    if not torch.cuda.is_available():
+        case("predict --device cuda without CUDA", pred + ["-o", j("t.h5"), "--device", "cuda"],
+             "use --device cpu")
+    case("simulate --seed 2**70", ["simulate", "--preset", "crop512", "-n", "1", "-q", "--seed", str(2**70), "-o",
+                                   j("seed.h5")], "must be an integer from 0 to 2**63 - 1", forbidden=j("seed.h5"))
+    case("an argparse error", pred + ["-o", j("t.h5"), "--threads", "many"], "invalid int value: 'many'")
+    base = {"model": {"name": "uresnet", "dim": 2, "depth": 2, "filters": 4, "reps": 1},
+            "data": {"simulate": None, "train": events, "val": events, "val_images": 1, "num_workers": 0},
+            "train": {"batch_size": 1, "max_steps": 1, "val_every": 1, "log_every": 1, "checkpoint_every": 1,
+                      "warmup_steps": 0, "threads": 1, "precision": "fp32"}}
+    for section, key, value, needle in (("train", "lr", "fast", "train.lr must be a number"),
+                                        ("train", "batch_size", True, "train.batch_size must be an integer (int), got True"),
+                                        ("data", "seed", 1.5, "data.seed must be an integer (int), got 1.5"),
+                                        ("weights", "vertex_boost", "x", "weights.vertex_boost must be a number")):
+        cfg = {k: dict(v) for k, v in base.items()}
+        cfg.setdefault(section, {})[key] = value
+        path = j(f"bad_{key}.yaml")
+        with open(path, "w") as fh:
+            yaml.safe_dump(cfg, fh)
+        case(f"config {section}.{key}: {value!r}", ["train", "--config", path, "--out", j(f"run_{key}"), "-q"], needle,
+             forbidden=j(f"run_{key}"))
+    path = j("good.yaml")
+    with open(path, "w") as fh:
+        yaml.safe_dump(base, fh)
+    p = sparseseg(["train", "--config", path, "--out", j("run"), "-q"])
+    if m.check("a tiny training run", p.returncode == 0, last_line(p.stderr)):
+        cfg = {k: dict(v) for k, v in base.items()}
+        cfg["model"]["filters"] = 8
+        cfg["train"]["max_steps"] = 2
+        with open(path, "w") as fh:
+            yaml.safe_dump(cfg, fh)
+        case("train --resume with another model section", ["train", "--config", path, "--out", j("run"), "--resume",
+                                                           "-q"], "cannot continue with changed model.filters 4 -> 8")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", help="work in this folder and keep it (default: a temporary folder)")
+    ap.add_argument("--only", choices=["all", "errors"], default="all",
+                    help="errors: only the option, configuration and OS error cases (fast)")
     opts = ap.parse_args()
     work = opts.keep or tempfile.mkdtemp(prefix="sparseseg-faults-")
     os.makedirs(work, exist_ok=True)
     j = lambda *p: os.path.join(work, *p)  # noqa: E731
     m = Matrix()
     t_start = time.time()
+    if opts.only == "errors":
+        try:
+            p = sparseseg(["simulate", "--preset", "crop512", "-n", "1", "--seed", "23", "-q", "-o", j("in.h5")])
+            if p.returncode:
+                print(f"cannot simulate the input: {p.stderr.strip()}")
+                return 2
+            error_cases(m, work, j("in.h5"), tiny_weights(j("w.pt"), 0))
+        finally:
+            if not opts.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        print(f"tried {m.tried}, handled {m.handled} ({time.time() - t_start:.0f} s)")
+        return 0 if m.tried == m.handled else 1
     try:
         # ------------------------------------------------------------------ references
         sim = ["simulate", "--preset", "crop512", "-n", str(SIM_N), "--seed", "17", "-q"]
@@ -358,6 +460,9 @@ def main() -> int:
                 ok = bool(np.isfinite(h["extra/scores"][()].astype(np.float32)).all())
         m.check("features of 3e38 are clipped with a one-line warning, scores finite", ok,
                 f"exit {p.returncode} {p.stderr.strip()[-300:]!r}")
+
+        # ------------------------------------------------------------------ option, config and OS errors
+        error_cases(m, j("errors"), j("in.h5"), weights)
 
         # ------------------------------------------------------------------ disk full (root + tmpfs)
         small = j("small")

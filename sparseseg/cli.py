@@ -34,6 +34,56 @@ class UsageError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage is a --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+OUTPUT_FILES = {
+    "show": (("-o", "output"),),
+    "evaluate": (("--json", "json"), ("--plot", "plot")),
+    "export": (("-o", "output"),),
+    "robustness": (("--json", "json"), ("--markdown", "markdown")),
+    "bench": (("--json", "json"), ("--markdown", "markdown"), ("--plot", "plot")),
+}
+"""File options per command, checked before the command starts (simulate and predict check
+their outputs when they open them)."""
+
+
+def _check_output_file(option: str, path: str) -> None:
+    """A file can be written at ``path``: not a folder, in an existing, writable folder."""
+    p = Path(path)
+    if p.is_dir() or path.endswith(("/", os.sep)):
+        raise UsageError(f"{option} {path}: is a directory; give a file name")
+    parent = p.parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) and not (p.exists() and os.access(p, os.W_OK)):
+        raise UsageError(f"{option} {path}: folder {parent} is not writable (read-only or no permission)")
+
+
+def check_arguments(args) -> None:
+    """Checks of options shared by several commands, made before any work starts."""
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 0:
+        raise UsageError(f"--threads {threads}: must be at least 1, or 0 for torch's default")
+    if getattr(args, "device", None) is not None:
+        from .devices import check_device
+
+        check_device(args.device)
+    seed = getattr(args, "seed", None)
+    from .config import SEED_MAX
+
+    if seed is not None and not 0 <= seed <= SEED_MAX:
+        raise UsageError(f"--seed {seed}: must be an integer from 0 to 2**63 - 1")
+    for option, dest in OUTPUT_FILES.get(args.command, ()):
+        path = getattr(args, dest, None)
+        if isinstance(path, str) and path:
+            _check_output_file(option, path)
+
+
 # --------------------------------------------------------------------------- commands
 class Stopped(BaseException):
     """Raised by the signal handler of a writing command (SIGTERM, SIGINT, SIGHUP)."""
@@ -408,7 +458,7 @@ def cmd_bench(args) -> None:
 
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sparseseg", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="sparseseg", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
     p.add_argument("--version", action="version", version=f"sparseseg {__import__('sparseseg').__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -459,9 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "per-pixel predicted class and softmax scores; truth is copied when present. A rerun after "
                                    "an interruption resumes where it stopped.")
     s.add_argument("inputs", nargs="+", help="event file(s)")
-    s.add_argument("-o", "--output", required=True, help="output file (one input) or folder (several inputs)")
+    s.add_argument("-o", "--output", required=True,
+                   help="output file (one input) or folder (several inputs, or an existing folder or a name ending "
+                        "in / for one input), which receives <input stem>.pred.h5 per input")
     s.add_argument("--weights", help="checkpoint to use (default: weights/uresnet2d.pt or uresnet3d.pt by the file's D)")
-    s.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    s.add_argument("--threads", type=int, default=0, help="CPU threads, 1 or more (default: 0, torch's choice)")
     s.add_argument("--device", default="cpu", help="cpu or cuda")
     s.add_argument("--min-score", action="append", metavar="CLASS=SCORE",
                    help="reassign pixels whose best class is CLASS but score < SCORE to their next class (repeatable)")
@@ -494,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="demo", help="output folder (default: demo)")
     s.add_argument("-n", type=int, default=3, help="events to simulate (default: 3)")
     s.add_argument("--seed", type=int, default=20261123, help="simulator seed")
-    s.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    s.add_argument("--threads", type=int, default=0, help="CPU threads, 1 or more (default: 0, torch's choice)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("export", help="export a dense model to TorchScript or ONNX",
@@ -521,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--angles", help="theta_xz values in degrees, comma separated (default: 0,10,...,80,85)")
     s.add_argument("--energies", help="shower energies in MeV, comma separated (default: 100 to 5000)")
     s.add_argument("--threshold", type=float, default=0.5, help="network score threshold (default: 0.5)")
-    s.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    s.add_argument("--threads", type=int, default=0, help="CPU threads, 1 or more (default: 0, torch's choice)")
     s.add_argument("--out", default="roi_eval", help="folder for roi_metrics.json, roi_tables.txt and plots")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress")
     s.set_defaults(func=cmd_roi_eval)
@@ -538,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=5151, help="simulator seed (default: 5151)")
     s.add_argument("--label-rule", choices=["visible", "legacy"], default="visible", help="truth label convention")
     s.add_argument("--conditions", help="comma-separated subset, e.g. 'nominal,gain 0.5'")
-    s.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    s.add_argument("--threads", type=int, default=0, help="CPU threads, 1 or more (default: 0, torch's choice)")
     s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="as for predict")
     s.add_argument("--json", help="write the table as JSON here")
     s.add_argument("--markdown", help="write the table as Markdown here")
@@ -554,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "fp32), uresnet2d-bf16 (engine, bf16, with its agreement), uresnet2d-graph (the "
                                      "training graph), uresnet2d-dense, uresnet3d, uresnet3d-bf16, roi-unet, roi-mobilenetv2, "
                                      "roi-mobilenetv3, roi-transformer, cvn")
-    s.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    s.add_argument("--threads", type=int, default=0, help="CPU threads, 1 or more (default: 0, torch's choice)")
     s.add_argument("--reps", type=int, default=5, help="timed repetitions after the warm-up (default: 5)")
     s.add_argument("--device", default="cpu", help="cpu or cuda")
     s.add_argument("--no-scaling", action="store_true", help="skip the occupancy scan")
@@ -608,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        check_arguments(args)
         args.func(args)
     except Stopped as stop:
         print(_stopped_message(args.command, stop), file=sys.stderr)

@@ -84,6 +84,103 @@ def _merge(base: dict, override: dict, where: str) -> dict:
     return out
 
 
+SEED_MAX = 2**63 - 1
+"""Largest seed accepted (seeds are stored as 64-bit integers; numpy and torch take them all)."""
+
+_TYPE_NAMES = {bool: "true or false (bool)", int: "an integer (int)", float: "a number (float or int)",
+               str: "a string (str)"}
+
+
+def _type_error(where: str, expected: type, value: Any) -> ValueError:
+    hint = ""
+    if expected is float and isinstance(value, str):
+        try:
+            float(value)
+            hint = f"; YAML reads {value} as a string, write it with a decimal point (e.g. 1.0e-3)"
+        except ValueError:
+            pass
+    return ValueError(f"config: {where} must be {_TYPE_NAMES[expected]}, got {value!r} "
+                      f"({type(value).__name__}){hint}")
+
+
+NULLABLE = {"data.simulate"}
+"""Keys with a scalar default that may also be null."""
+
+
+def _check_scalar_types(values: dict, defaults: dict, where: str) -> None:
+    """Values of keys with a bool, int, float or str default must have that type (bools are
+    not integers here, and floats accept integers)."""
+    for key, default in defaults.items():
+        value = values.get(key, default)
+        name = f"{where}.{key}"
+        if value is None and name in NULLABLE:
+            continue
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise _type_error(name, bool, value)
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _type_error(name, int, value)
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise _type_error(name, float, value)
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise _type_error(name, str, value)
+
+
+def _check_pair(name: str, value: Any, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or any(isinstance(v, bool) or not isinstance(v, kind) for v in value)):
+        what = "integers" if integer else "numbers"
+        raise ValueError(f"config: {name} must be a list of two {what} [low, high], got {value!r}")
+    if value[0] > value[1]:
+        raise ValueError(f"config: {name} must be [low, high] with low <= high, got {value!r}")
+
+
+def _check_files(name: str, value: Any) -> None:
+    if value is None or isinstance(value, str):
+        return
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"config: {name} must be a file name, a list of file names or null, got {value!r}")
+
+
+def _check_other_types(cfg: dict) -> None:
+    """Keys whose default is null, a list or a mapping."""
+    m, d, t, w = cfg["model"], cfg["data"], cfg["train"], cfg["weights"]
+    if not isinstance(m.get("name"), str):
+        raise _type_error("model.name", str, m.get("name"))
+    if d["simulate"] is not None and not isinstance(d["simulate"], str):
+        raise ValueError(f"config: data.simulate must be a simulator preset name or null, got {d['simulate']!r}")
+    _check_files("data.train", d["train"])
+    _check_files("data.val", d["val"])
+    planes = d["planes"]
+    if planes is not None and (not isinstance(planes, list) or not all(isinstance(p, str) for p in planes)):
+        raise ValueError(f"config: data.planes must be a list of plane names (e.g. [Y]) or null, got {planes!r}")
+    if t["init"] is not None and not isinstance(t["init"], str):
+        raise ValueError(f"config: train.init must be a checkpoint file name or null, got {t['init']!r}")
+    for where, value in (("train.seed", t["seed"]), ("data.seed", d["seed"]), ("data.val_seed", d["val_seed"])):
+        _check_seed(where, value)
+    for where, value in (("train.threads", t["threads"]), ("data.num_workers", d["num_workers"]),
+                         ("train.early_stopping", t["early_stopping"]), ("train.warmup_steps", t["warmup_steps"]),
+                         ("data.val_images", d["val_images"])):
+        if value < 0:
+            raise ValueError(f"config: {where} must be 0 or more, got {value!r}")
+    _check_pair("weights.cluster_clip", w["cluster_clip"])
+    cv = w["class_values"]
+    if cv is not None and (not isinstance(cv, list)
+                           or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in cv)):
+        raise ValueError(f"config: weights.class_values must be a list of numbers (one per class) or null, got {cv!r}")
+    plane = w["plane"]
+    if not isinstance(plane, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in plane.values()):
+        raise ValueError(f"config: weights.plane must be a mapping plane -> number (e.g. {{Y: 1.5}}), got {plane!r}")
+
+
+def _check_seed(name: str, value: Any) -> None:
+    if not 0 <= value <= SEED_MAX:
+        raise ValueError(f"config: {name} must be an integer from 0 to 2**63 - 1, got {value!r}")
+
+
 def resolve(user: dict | None) -> dict:
     """Merge a user config over the defaults and validate it. Returns a new dict."""
     user = user or {}
@@ -98,6 +195,9 @@ def resolve(user: dict | None) -> dict:
         if not isinstance(value, dict):
             raise ValueError(f"config: section {section} must be a mapping, got {type(value).__name__}")
         cfg[section] = _merge(defaults, value, section)
+    for section, defaults in DEFAULTS.items():
+        _check_scalar_types(cfg[section], defaults, section)
+    _check_other_types(cfg)
     t, d = cfg["train"], cfg["data"]
     if t["optimizer"] not in OPTIMIZERS:
         raise ValueError(f"config: train.optimizer {t['optimizer']!r} unknown; expected one of {', '.join(OPTIMIZERS)}")
@@ -116,6 +216,12 @@ def resolve(user: dict | None) -> dict:
         if not isinstance(d["augment"], dict):
             raise ValueError(f"config: data.augment must be a mapping, true or null, got {d['augment']!r}")
         d["augment"] = _merge(AUGMENT_DEFAULTS, d["augment"], "data.augment")
+    if d["augment"]:
+        a = d["augment"]
+        _check_scalar_types(a, AUGMENT_DEFAULTS, "data.augment")
+        for key in ("gain", "noise", "coherent", "threshold"):
+            _check_pair(f"data.augment.{key}", a[key])
+        _check_pair("data.augment.dead_bands", a["dead_bands"], integer=True)
     else:
         d["augment"] = None
     if d["simulate"] is None and not d["train"]:

@@ -130,6 +130,9 @@ class Predictor:
     _bias: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from .devices import check_device
+
+        check_device(self.device, "device", need_cuda=False)
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision {self.precision!r} unknown; expected auto, fp32 or bf16")
         cpu = torch.device(self.device).type == "cpu"
@@ -143,6 +146,9 @@ class Predictor:
     def model(self, dim: int):
         if dim not in self._models:
             from .checkpoint import build_from, check_dim, load
+            from .devices import check_device
+
+            check_device(self.device, "device", fix="device='cpu'")
 
             if self.weights:
                 path = Path(self.weights)
@@ -214,11 +220,19 @@ class Predictor:
         return [(apply_min_scores(s, self.min_scores, bias), s) for s in self.scores(events)]
 
 
-def _groups(event_ids: np.ndarray, start: int) -> list[list[int]]:
-    """Consecutive entries sharing an event id (the planes of one interaction), from ``start``."""
+MAX_GROUP_IMAGES = 8
+"""Most images segmented in one forward pass by :func:`predict_file`: the planes of one
+interaction go together, but a file without event ids (or with one id for all its images)
+is split into batches of this many, so memory does not grow with the file."""
+
+
+def _groups(event_ids: np.ndarray, start: int, cap: int | None = None) -> list[list[int]]:
+    """Consecutive entries sharing an event id (the planes of one interaction), from ``start``,
+    at most ``cap`` (default :data:`MAX_GROUP_IMAGES`) entries per group."""
+    cap = MAX_GROUP_IMAGES if cap is None else int(cap)
     groups: list[list[int]] = []
     for i in range(start, len(event_ids)):
-        if groups and event_ids[i] == event_ids[groups[-1][0]]:
+        if groups and len(groups[-1]) < cap and event_ids[i] == event_ids[groups[-1][0]]:
             groups[-1].append(i)
         else:
             groups.append([i])
@@ -387,13 +401,16 @@ def predict_file(path: str, output: str, predictor: Predictor, progress: bool = 
 
 
 def output_paths(inputs: list[str], output: str, shard: tuple[int, int]) -> list[tuple[str, str]]:
-    """(input, output) pairs for this shard. One input: ``output`` is the file; several:
-    ``output`` is a folder receiving ``<stem>.pred.h5`` per input."""
+    """(input, output) pairs for this shard. One input: ``output`` is the file, unless it is an
+    existing folder or ends with a path separator; several: ``output`` is a folder. A folder
+    receives ``<stem>.pred.h5`` per input."""
     k, n = shard
     for p in inputs:
         if not Path(p).exists():
             raise FileNotFoundError(f"input file {p} does not exist")
-    if len(inputs) == 1 and not Path(output).is_dir():
+    import os
+
+    if len(inputs) == 1 and not Path(output).is_dir() and not output.endswith(("/", os.sep)):
         pairs = [(inputs[0], output)]
     else:
         out_dir = Path(output)

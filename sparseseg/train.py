@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -329,6 +330,63 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+FIXED_ON_RESUME = ("train.optimizer", "train.weight_decay")
+"""Keys (besides the whole ``model`` section, and ``train.momentum`` for sgd) a resumed run
+must keep: the saved weights and optimizer state (whose parameter groups carry weight decay
+and momentum) would not mean the same under other values."""
+
+
+def _flat_config(cfg: dict) -> dict[str, Any]:
+    """``{"section.key": value}``; sections other than ``model`` filled from the defaults, so a
+    checkpoint written before a key existed compares equal to a config using its default."""
+    from .config import DEFAULTS
+
+    flat: dict[str, Any] = {}
+    for section in sorted(set(DEFAULTS) | set(cfg)):
+        values = cfg.get(section) or {}
+        if section in DEFAULTS and section != "model":
+            values = {**DEFAULTS[section], **values}
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+_UNSET = object()
+
+
+def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """Keys whose value differs between two resolved configs: ``{key: (old, new)}`` (a model
+    key present in only one of them has the value ``None`` in the other)."""
+    a, b = _flat_config(old), _flat_config(new)
+    out = {}
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key, _UNSET), b.get(key, _UNSET)
+        if x != y:
+            out[key] = (None if x is _UNSET else x, None if y is _UNSET else y)
+    return out
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def check_resume_config(old: dict, new: dict, path) -> dict[str, tuple[Any, Any]]:
+    """Compare the config saved in checkpoint ``path`` with the config of the resumed run.
+    Changes of the model or of the optimizer's meaning raise ``ValueError`` naming them; the
+    other changes are returned."""
+    changes = config_changes(old, new)
+    sgd = (new.get("train") or {}).get("optimizer") == "sgd"
+    fixed = [k for k in changes
+             if k.startswith("model.") or k in FIXED_ON_RESUME or (k == "train.momentum" and sgd)]
+    if fixed:
+        listed = ", ".join(f"{k} {_show(changes[k][0])} -> {_show(changes[k][1])}" for k in fixed)
+        hint = "" if any(k.startswith("model.") for k in fixed) else \
+            f" (train.init: {path} starts a new run from these weights)"
+        raise ValueError(f"--resume: {path} cannot continue with changed {listed}: its model weights and "
+                         f"optimizer state do not fit them; train into a new --out{hint}")
+    return changes
+
+
 def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | None = None,
           progress: bool = True, callback=None) -> dict[str, Any]:
     """Train the model described by ``config`` (see :mod:`sparseseg.config`) into folder ``out``.
@@ -343,6 +401,8 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
 
     cfg = resolve(config)
     if max_steps is not None:
+        if isinstance(max_steps, bool) or int(max_steps) != max_steps or max_steps < 1:
+            raise ValueError(f"--max-steps {max_steps}: must be a positive integer")
         cfg["train"]["max_steps"] = int(max_steps)
     t = cfg["train"]
     out = Path(out)
@@ -352,9 +412,11 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
         import torch.distributed as dist
 
         dist.init_process_group(backend="nccl" if t["device"] == "cuda" else "gloo")
+    from .devices import check_device
+
+    device = check_device(t["device"], "config: train.device", fix="train.device: cpu")
     if t["threads"]:
         torch.set_num_threads(int(t["threads"]))
-    device = torch.device(t["device"])
     torch.manual_seed(int(t["seed"]))
 
     from .tasks import dense_task
@@ -376,12 +438,26 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
         if ckpt.get("precision", precision) != precision:
             raise ValueError(f"--resume: {ckpt_path} was trained in {ckpt['precision']}, this run would use {precision}; "
                              f"set train.precision: {ckpt['precision']} to continue it")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        changes = check_resume_config(ckpt["config"], cfg, ckpt_path)
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"--resume: {ckpt_path} does not fit this model or optimizer ({first}); "
+                             "train into a new --out") from None
         start = int(ckpt["step"])
         best = ckpt.get("best", best)
         stale = int(ckpt.get("stale", 0))
         log = _read_log(out / "metrics.jsonl", start)
+        if rank == 0:
+            print(f"resuming at step {start} of {t['max_steps']} from {ckpt_path}", file=sys.stderr)
+            if changes:
+                log.append({"step": start, "resume_changed": {k: [a, b] for k, (a, b) in changes.items()}})
+                _write_log(out / "metrics.jsonl", log)
+                listed = ", ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in changes.items())
+                print(f"sparseseg train: warning: resuming with changed {listed} (recorded in "
+                      f"{out / 'metrics.jsonl'})", file=sys.stderr)
     else:
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
