@@ -91,13 +91,12 @@ def main(argv=None) -> int:
     acc = evaluate_files([str(pred)])
     s = acc.summary()
     print(format_table(s))
+    bias = predictor.class_bias(3 if args.preset == "pilarnet" else 2)
     (out / "metrics.json").write_text(json.dumps({"summary": s, "timing": r, "weights": args.weights,
                                                   "preset": args.preset, "seed": args.seed, "n": args.n,
                                                   "min_scores": args.min_score, "precision": predictor.precision,
                                                   "label_rule": args.label_rule,
-                                                  "class_bias": None if args.no_class_bias else
-                                                  (None if predictor.class_bias(2 if args.preset != "pilarnet" else 3) is None
-                                                   else predictor.class_bias(2 if args.preset != "pilarnet" else 3).tolist())},
+                                                  "class_bias": None if bias is None else bias.tolist()},
                                                  indent=2))
     confusion_heatmap(acc.matrix, str(out / "confusion.png"),
                       title=f"{Path(args.weights).name}: {args.n} held-out {args.preset} interactions (seed {args.seed})")

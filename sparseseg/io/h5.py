@@ -46,6 +46,7 @@ and tuples come back as lists.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -772,7 +773,7 @@ def write_events(
     user_attrs = _normalise_attrs(attrs)
     tmp = _temp_path(path)
     count = 0
-    try:
+    with _removed_on_failure(tmp):
         if append and os.path.exists(path):
             with _open_h5(path, "r") as src:
                 summary = _check_structure(src, path)
@@ -799,12 +800,7 @@ def write_events(
         _fsync_file(tmp)
         os.replace(tmp, path)
         _fsync_dir(os.path.dirname(os.path.abspath(path)))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
     return count
 
 
@@ -919,12 +915,26 @@ def _write_bytes(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
+@contextlib.contextmanager
+def _removed_on_failure(tmp: str):
+    """Delete the temp file ``tmp`` if the block fails (whatever the exception), then re-raise."""
+    try:
+        yield
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+
 def _write_durable(directory: str, name: str, data: bytes, fault: str | None = None) -> None:
     """Write ``data`` to ``directory/name`` so that the name only ever holds all of it:
     a temp file, written, fsync'ed, renamed, then the folder fsync'ed."""
     final = os.path.join(directory, name)
     tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
-    try:
+    with _removed_on_failure(tmp):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
             half = len(data) // 2
@@ -936,12 +946,6 @@ def _write_durable(directory: str, name: str, data: bytes, fault: str | None = N
         finally:
             os.close(fd)
         os.rename(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     _fsync_dir(directory)
 
 
