@@ -50,8 +50,6 @@ MODELS = {
 (spconv modules and rulebooks) for 3D in fp32; ``uresnet2d-graph`` is the 2D training graph."""
 DEFAULT_MODELS = ("uresnet2d", "uresnet2d-bf16", "uresnet2d-graph", "uresnet2d-dense", "uresnet3d", "uresnet3d-bf16", "roi-unet",
                   "roi-mobilenetv2", "roi-mobilenetv3", "roi-transformer", "cvn")
-SHIPPED = {2: "weights/uresnet2d.pt", 3: "weights/uresnet3d.pt"}
-"""Relative to the repository root; sparse rows use random weights where these are missing."""
 OCCUPANCIES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 
 
@@ -178,13 +176,15 @@ def _sparse_model(dim: int, row: dict[str, Any]):
     """The shipped sparse UResNet of this dimension (random weights where it is missing)."""
     from .models import build_model
 
-    weights = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), SHIPPED[dim])
-    if not os.path.exists(weights):
+    from .registry import DEFAULT_SEGMENTATION, default_weights
+
+    weights = default_weights(dim)
+    if not weights.exists():
         row["weights"] = "random"
         return build_model("uresnet", dim=dim)
     from .checkpoint import build_from, load
 
-    row["weights"] = SHIPPED[dim]
+    row["weights"] = DEFAULT_SEGMENTATION[dim]
     return build_from(load(weights))
 
 

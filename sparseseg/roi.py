@@ -1,4 +1,5 @@
-"""DNN-ROI data, the traditional threshold ROI finder, and ROI charge metrics (after seed 000).
+"""DNN-ROI data, the traditional threshold ROI finder, and ROI charge metrics, after the
+ProtoDUNE-HD DNN-ROI comparison (H. Nam, "Status report on DNN SigProc in PD-HD").
 
 Data
 ----
@@ -29,7 +30,7 @@ hold a tight tick. Long, slow signals -- tracks at large theta_xz, which spread 
 over hundreds of ticks of few wires -- are largely removed by the LF filter: this is where
 the traditional method loses charge.
 
-Metrics (seed 000)
+Metrics (as in that report)
 ------------------
 Per channel (wire) the reconstructed charge is the sum of the signal inside the ROI, after a
 linear baseline through each ROI's end ticks; the truth is the summed true charge. Over the
@@ -79,9 +80,9 @@ __all__ = [
 ]
 
 DEFAULT_ANGLES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 85)
-"""theta_xz values (degrees) of the track scan, as in seed 000."""
+"""theta_xz values (degrees) of the track scan, as in that report."""
 DEFAULT_ENERGIES = (100, 500, 1000, 2000, 3000, 5000)
-"""Shower energies (MeV) of the shower scan, as in seed 000."""
+"""Shower energies (MeV) of the shower scan, as in that report."""
 PROFILE_WIRES = 42
 
 
@@ -281,7 +282,7 @@ def prob_to_mask(prob: np.ndarray, rebin: int, n_ticks: int, threshold: float = 
 
 # --------------------------------------------------------------------------- metrics
 def charge_metrics(q_reco: np.ndarray, q_truth: np.ndarray, min_truth: float = 30.0, bad_ratio: float = 0.2) -> dict[str, float]:
-    """Bias, resolution and inefficiency (in %) of per-channel charges, as in seed 000.
+    """Bias, resolution and inefficiency (in %) of per-channel charges, as in that report.
 
     Parameters
     ----------

@@ -235,3 +235,56 @@ def test_many_files_through_dataloader_workers(tmp_path):
     order = [n for _, _, n in seen]
     assert order != sizes  # shuffled across files
     assert all(ds[i].labels.tolist() == [1] * sizes[i] for i in range(len(ds)))  # muon track -> MIP
+
+
+# ------------------------------------------------------------- every command reads PILArNet-M
+def _mev_file(tmp_path):
+    """One event: a 40-voxel straight track at ~0.7 MeV per voxel (PILArNet-M's units)."""
+    rows = [(100 + i, 200, 300, 0.7) for i in range(40)]
+    path = str(tmp_path / "mev.h5")
+    write_pilarnet(path, [(points(rows), np.array([[40, 0, 0, 0, 1, 2]]))])
+    return path
+
+
+def test_info_reads_pilarnet(v2_file, capsys):
+    from sparseseg.cli import main
+
+    assert main(["info", v2_file]) == 0
+    out = capsys.readouterr().out
+    assert "3 images from 3 events, 3D (PILArNet-M file, features in MeV)" in out
+    assert "plane 3D:      3 images of 768 x 768 x 768" in out
+
+
+def test_predict_pilarnet_warns_on_mev_scale(tmp_path, capsys):
+    from sparseseg import registry
+    from sparseseg.cli import main
+
+    path = _mev_file(tmp_path)
+    out = str(tmp_path / "pred.h5")
+    assert main(["predict", path, "-o", out, "--threads", "1", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert ("feature values have median 0.7, but these weights were trained on ADC-like charge with median ~60"
+            in err)
+    with EventFile(out) as f:
+        assert len(f) == 1 and len(f[0]) == 40
+        assert f.attrs["source_format"] == "pilarnet-m"
+        assert f.attrs["weights_name"] == "uresnet3d"
+        assert f.attrs["weights_sha256"] == registry.SHIPPED["uresnet3d"].sha256
+        assert f.attrs["feature_units"] == "MeV"
+        assert f.read_extra(0, "pred").shape == (40,)
+
+
+def test_input_warnings_size_and_occupancy():
+    from sparseseg.event import Event
+    from sparseseg.infer import input_warnings
+
+    coords = np.stack(np.meshgrid(np.arange(40), np.arange(40), indexing="ij"), -1).reshape(-1, 2).astype(np.int32)
+    dense = Event(coords=coords, features=np.full((len(coords), 1), 60, np.float32), shape=(100, 100))
+    (occ,) = input_warnings([dense], "mip", 2)
+    assert occ.startswith("an image has 16.0 % of its pixels above threshold")
+    huge = Event(coords=coords[:10], features=np.full((10, 1), 60, np.float32), shape=(6400, 3456))
+    (size,) = input_warnings([huge], "none", 2)
+    assert size.startswith("an image of 6400 x 3456 is far larger than the data the weights were made for")
+    assert input_warnings([huge], "mip", 2) == [size]  # the scale check is for weights without input_norm
+    nominal = Event(coords=coords[:10], features=np.full((10, 1), 60, np.float32), shape=(1008, 3456))
+    assert input_warnings([nominal], "none", 2) == []

@@ -10,7 +10,7 @@ from sparseseg.simulate import PRESETS, project_points, simulate, simulate_full,
 from sparseseg.simulate import physics as ph
 from sparseseg.simulate.deposits import Deposits
 from sparseseg.simulate.geometry import CUBE_VOXELS, PLANES, TPC_HI, TPC_LO, dead_wires
-from sparseseg.simulate.render import accumulate_pixels
+from sparseseg.simulate.render import VOXEL_MEV, accumulate_pixels
 from sparseseg.simulate.tracks import propagate_tracks
 
 
@@ -76,7 +76,10 @@ def _check_event(e: Event, preset: str):
     assert e.labels.dtype == np.uint8 and e.clusters.dtype == np.int32 and e.vertices.dtype == np.float32
     assert np.unique(e._linear_index()).size == len(e)
     assert set(np.unique(e.labels).tolist()) <= {0, 1, 2, 3, 4, IGNORE}
-    assert e.features.min() >= 10.0 and e.features.max() <= 300.0
+    if preset == "pilarnet":  # MeV, the 10-unit threshold = 10 x VOXEL_MEV, no clip
+        assert e.features.min() >= 10.0 * VOXEL_MEV * (1 - 1e-6) and e.features.max() <= 20.0
+    else:
+        assert e.features.min() >= 10.0 and e.features.max() <= 300.0
     # noise pixels (no truth) are exactly those without a particle id
     assert np.array_equal(e.labels == IGNORE, e.clusters == -1)
     assert np.isfinite(e.vertices).all() and len(e.vertices) >= 1

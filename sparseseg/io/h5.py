@@ -99,6 +99,11 @@ CHUNK_EVENTS = 1024
 BUFFER_ROWS = 1 << 20
 
 
+INFO_ATTRS = frozenset({"command"})
+"""Root attributes that describe a run but do not decide whether a partial output can be
+resumed: a resumed file keeps the first run's values."""
+
+
 def _env_buffer_events(default: int = 256) -> int:
     text = os.environ.get("SPARSESEG_BUFFER_EVENTS", "")
     try:
@@ -1200,6 +1205,13 @@ class EventWriter:
             )
         old_extras = old.get("extras")
         old_attrs = old.get("attrs")
+        if isinstance(old_attrs, dict) and INFO_ATTRS & (set(old_attrs) | set(self._attrs)):
+            # informational attributes (the command line) do not decide a resume: the first run's are kept
+            for key in INFO_ATTRS:
+                if key in old_attrs:
+                    self._attrs[key] = old_attrs[key]
+                else:
+                    self._attrs.pop(key, None)
         if old_extras != _extras_to_json(self._spec) or old_attrs != self._attrs:
             raise ValueError(
                 f"file {label}: cannot resume: it was written with extras {old_extras} "

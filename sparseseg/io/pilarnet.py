@@ -54,6 +54,13 @@ __all__ = ["PilarnetFile", "read_pilarnet", "PILARNET_SHAPE", "map_labels"]
 
 PILARNET_SHAPE = (768, 768, 768)
 POINT_COLUMNS = 8
+COLUMN_NAMES = ("x", "y", "z", "voxel_value", "energy_deposit", "time", "num_electrons", "dx")
+"""Names of the 8 columns of a ``/point`` row."""
+FEATURE_UNITS = "MeV"
+"""Units of the voxel value (and energy deposit) columns: energy deposited in the voxel, in MeV,
+as documented with the PILArNet-M release; a minimum-ionising track deposits ~2.1 MeV/cm, so
+~0.6-1 MeV per 3 mm voxel. (The simulator's ``pilarnet`` preset writes ADC-like charge instead;
+see the 3D model card.)"""
 
 # larcv semantic types
 SEM_SHOWER, SEM_TRACK, SEM_MICHEL, SEM_DELTA, SEM_LOWE = 0, 1, 2, 3, 4
@@ -156,6 +163,20 @@ class PilarnetFile:
             raise ValueError(f"feature_columns must be column numbers 0..{POINT_COLUMNS - 1}, got {feature_columns}")
         self.feature_columns = cols
         self.use_pid = use_pid
+        # the read-only interface of EventFile, so every command reads either kind of file
+        n = len(self)
+        self.D = 3
+        self.event_ids = np.arange(n, dtype=np.int64)
+        self.planes = np.full(n, "3D", dtype=object)
+        self.shapes = np.tile(np.asarray(self.shape, np.int64), (n, 1))
+        self.extra_names: tuple[str, ...] = ()
+        self.attrs: dict[str, Any] = {
+            "format": "pilarnet-m",
+            "revision": self.revision,
+            "D": 3,
+            "feature_columns": ",".join(COLUMN_NAMES[c] for c in cols),
+            "feature_units": FEATURE_UNITS,
+        }
 
     def __len__(self) -> int:
         return int(self._point.shape[0])

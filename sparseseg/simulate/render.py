@@ -15,6 +15,7 @@ from ..classes import IGNORE
 from ..event import ADC_MAX
 from .deposits import Deposits
 from .detector import IDEAL, Conditions
+from .physics import recombination
 from .geometry import (
     CUBE_VOXELS,
     DRIFT_VELOCITY,
@@ -32,6 +33,14 @@ ADC_PER_MEV = 260.0
 Calibrated on MIPs: a crossing muon's track gives the same ADC per pixel as before the
 recombination field (500 -> 273 V/cm) and restricted-loss corrections of simulator 0.3, so
 the 10 ADC threshold keeps its meaning relative to a MIP."""
+MIP_DEDX = 2.12
+"""Mean energy loss of a minimum-ionising muon in liquid argon, MeV/cm."""
+VOXEL_MEV = 1.0 / (ADC_PER_MEV * float(recombination(MIP_DEDX)))
+"""MeV per simulator charge unit in 3D volumes: voxel values are the collected charge
+converted to deposited energy with the recombination correction of a MIP (what a calorimetric
+reconstruction calibrated on crossing muons reports), so a MIP voxel holds its deposited energy
+(~0.6 MeV per 3 mm) and a proton's Bragg peak keeps its recombination suppression. These are the
+units of PILArNet-M's voxel values (MeV)."""
 SUBSTEP_CM = 0.1
 SIGMA_L_FULL = 0.17  # cm: longitudinal diffusion over the full drift (D_L ~ 6 cm2/s)
 SIGMA_T_FULL = 0.25  # cm: transverse diffusion over the full drift (D_T ~ 13 cm2/s)
@@ -385,7 +394,10 @@ def render_voxels(
 ) -> Rendered:
     """Voxelise charge samples in the n^3 cube of ``voxel`` cm (no noise: 3D truth-like).
 
-    Of ``conditions`` only ``gain`` (applied before the threshold) and ``threshold`` apply.
+    Values are in MeV (:data:`VOXEL_MEV`), not clipped (no electronics saturation in 3D). Of
+    ``conditions`` only ``gain`` (applied before the threshold) and ``threshold`` apply; the
+    threshold is in the same charge units as on the wire planes (10 = 10 x VOXEL_MEV = 0.061 MeV),
+    so one threshold means the same fraction of a MIP in 2D and 3D.
     """
     cond = IDEAL if conditions is None else conditions
     ijk = np.floor(pts.pos / voxel).astype(np.int64)
@@ -399,4 +411,4 @@ def render_voxels(
     keep = ch >= cond.threshold
     pix, ch, lab, clu = pix[keep], ch[keep], lab[keep], clu[keep]
     coords = np.stack([pix // (n * n), (pix // n) % n, pix % n], axis=1).astype(np.int32)
-    return Rendered(coords, np.minimum(ch, ADC_MAX).astype(np.float32)[:, None], lab, clu)
+    return Rendered(coords, (ch * VOXEL_MEV).astype(np.float32)[:, None], lab, clu)

@@ -1,0 +1,129 @@
+"""The shipped weights and configs: one table that ``predict``, ``bench``, the tests and the docs use.
+
+Weights, their model cards and the training configs are package data (``sparseseg/weights``,
+``sparseseg/configs``), so ``pip install sparseseg`` has a default model on any machine. In a
+source checkout the top-level ``weights/`` and ``configs/`` are links to these folders.
+
+Each entry records the file's sha256; a test checks every file against it, so replacing a
+shipped file without updating this table fails the suite. ``scripts/ship_weights.py`` prints
+the new sha256.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+WEIGHTS_DIR = PACKAGE_DIR / "weights"
+CONFIGS_DIR = PACKAGE_DIR / "configs"
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """One shipped weights file."""
+
+    name: str
+    file: str  # in WEIGHTS_DIR
+    card: str  # model card, in WEIGHTS_DIR
+    config: str  # training config, in CONFIGS_DIR
+    task: str
+    sha256: str
+    trained_on: str
+    feature_scale: str
+    """The feature values the weights expect, in words (for the unlike-training-data warnings)."""
+
+    @property
+    def path(self) -> Path:
+        return WEIGHTS_DIR / self.file
+
+    @property
+    def card_path(self) -> Path:
+        return WEIGHTS_DIR / self.card
+
+
+SHIPPED: dict[str, Shipped] = {s.name: s for s in (
+    Shipped("uresnet2d", "uresnet2d.pt", "uresnet2d.md", "uresnet2d.yaml",
+            "2D segmentation (HIP/MIP/shower/delta/Michel), U, V and Y planes",
+            "a5395adec5572004476bf11a14a72bec6d2d10658ba79fde1375b3ceb73328d5",
+            "simulator 0.3, preset crop512, detector augmentation, label rule visible",
+            "wire-plane ADC (any gain: each image is rescaled to its own MIP scale)"),
+    Shipped("uresnet3d", "uresnet3d.pt", "uresnet3d.md", "uresnet3d.yaml",
+            "3D segmentation (HIP/MIP/shower/delta/Michel) of voxel volumes",
+            "2205c6aa3c6adfc3d266c74164b9d9320d0b0d68aa8ddcedf9d3f9ef3809d90b",
+            "simulator 0.2, preset pilarnet, label rule legacy",
+            "simulated voxel charge in ADC-like units, MIP voxels ~40-80 (not MeV)"),
+    Shipped("roi_mobilenetv3", "roi_mobilenetv3.pt", "roi_mobilenetv3.md", "roi_mobilenetv3.yaml",
+            "DNN-ROI signal-region finder (dense MobileNetV3-UNet) on deconvolved wire waveforms",
+            "16ead342e2a9a4957514879409ebe088540b78fe2345b9b39c7568d2b3e7318f",
+            "sparseseg.roi waveform simulation, U plane, 128 wires x 1280 ticks",
+            "deconvolved charge per tick"),
+    Shipped("cvn", "cvn.pt", "cvn.md", "cvn.yaml",
+            "event classifier nu_mu CC / nu_e CC / NC (dense SE-ResNet CVN)",
+            "05a7941c4b68e1a6894c1322bb8c43af68af26c9b340caafe1cf79cd72c5bb89",
+            "simulator preset crop512, 500 x 500 views around the vertex",
+            "wire-plane ADC, nominal gain"),
+)}
+
+DEFAULT_SEGMENTATION = {2: "uresnet2d", 3: "uresnet3d"}
+"""Registry name of the default segmentation weights per dimension."""
+
+
+def get(name: str) -> Shipped:
+    """The registry entry ``name``; a ValueError listing the names otherwise."""
+    try:
+        return SHIPPED[name]
+    except KeyError:
+        raise ValueError(f"no shipped weights named {name!r}; shipped: {', '.join(SHIPPED)}") from None
+
+
+def default_weights(dim: int) -> Path:
+    """Path of the default segmentation weights for ``dim``-D events."""
+    if dim not in DEFAULT_SEGMENTATION:
+        raise ValueError(f"no default weights for {dim}-D events (2 or 3)")
+    return SHIPPED[DEFAULT_SEGMENTATION[dim]].path
+
+
+def shipped_for(path: str | Path) -> Shipped | None:
+    """The registry entry whose file is ``path`` (same file), or None."""
+    try:
+        p = Path(path).resolve()
+    except OSError:
+        return None
+    for s in SHIPPED.values():
+        if s.path.resolve() == p:
+            return s
+    return None
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(name: str) -> tuple[bool, str]:
+    """(ok, message): whether the shipped file exists and has the recorded sha256."""
+    s = get(name)
+    if not s.path.exists():
+        return False, f"{s.path}: missing"
+    got = sha256(s.path)
+    if got != s.sha256:
+        return False, f"{s.path}: sha256 {got[:12]}..., the registry records {s.sha256[:12]}..."
+    return True, "ok"
+
+
+def config_names() -> list[str]:
+    """Names (file stems) of the shipped training configs."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def config_path(name: str) -> Path:
+    """Path of shipped config ``name`` (``uresnet2d`` or ``uresnet2d.yaml``)."""
+    stem = name[:-5] if name.endswith(".yaml") else name
+    p = CONFIGS_DIR / f"{stem}.yaml"
+    if not p.exists():
+        raise ValueError(f"no shipped config named {name!r}; shipped: {', '.join(config_names())}")
+    return p
