@@ -19,8 +19,10 @@ TRACK_SHOWER_NAMES = ("track", "shower")
 
 PLANES = ("U", "V", "Y")
 
-# Colours for event displays, one per class (colour-blind friendly Okabe-Ito palette).
-CLASS_COLORS = ("#D55E00", "#0072B2", "#009E73", "#CC79A7", "#E69F00")
+# Colours for event displays, one per class, from the colour-blind friendly Okabe-Ito palette
+# and chosen to stay apart from each other and visible on the displays' black panels:
+# HIP vermillion, MIP sky blue, shower bluish green, delta reddish purple, Michel yellow.
+CLASS_COLORS = ("#D55E00", "#56B4E9", "#009E73", "#CC79A7", "#F0E442")
 
 
 def class_index(name: str) -> int:

@@ -42,14 +42,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 OUTPUT_FILES = {
-    "show": (("-o", "output"),),
     "evaluate": (("--json", "json"), ("--plot", "plot")),
     "export": (("-o", "output"),),
     "robustness": (("--json", "json"), ("--markdown", "markdown")),
     "bench": (("--json", "json"), ("--markdown", "markdown"), ("--plot", "plot")),
 }
 """File options per command, checked before the command starts (simulate and predict check
-their outputs when they open them)."""
+their outputs when they open them; show checks its -o itself, which may be a folder)."""
 
 
 def _check_output_file(option: str, path: str) -> None:
@@ -157,8 +156,14 @@ def _simulate(args) -> None:
     per = 1 if args.preset == "pilarnet" else 3
     from .simulate import SIMULATOR_VERSION
 
-    attrs = {"preset": args.preset, "seed": args.seed, "adc_min": 10.0, "adc_max": 300.0, "label_rule": args.label_rule,
-             "simulator_version": SIMULATOR_VERSION}
+    attrs = {"preset": args.preset, "seed": args.seed, "label_rule": args.label_rule,
+             "simulator_version": SIMULATOR_VERSION, "sparseseg_version": __version__, "command": command_line(args)}
+    if args.preset == "pilarnet":
+        from .simulate.render import VOXEL_MEV
+
+        attrs.update(feature_units="MeV", threshold_mev=round(10.0 * VOXEL_MEV, 4))
+    else:
+        attrs.update(feature_units="ADC", adc_min=10.0, adc_max=300.0)
     identity = {"command": "simulate", "preset": args.preset, "seed": args.seed, "start": args.start, "n": args.n,
                 "label_rule": args.label_rule, "sparseseg": __version__, "simulator_version": SIMULATOR_VERSION}
     t0 = time.perf_counter()
@@ -187,9 +192,9 @@ def file_info(path: str) -> dict:
     import numpy as np
 
     from .classes import CLASS_NAMES, IGNORE
-    from .io import EventFile
+    from .io import open_event_file
 
-    with EventFile(path) as f:
+    with open_event_file(path) as f:
         n = len(f)
         planes: dict[str, dict] = {}
         counts = np.zeros(len(CLASS_NAMES) + 1, dtype=np.int64)
@@ -208,7 +213,8 @@ def file_info(path: str) -> dict:
         for p in planes.values():
             p["mean_pixels"] = p["pixels"] / max(1, p["images"])
             p["occupancy"] = p["occupancy"] / max(1, p["images"])
-        info = {"file": str(path), "images": n, "events": len(set(f.event_ids.tolist())), "dim": f.D,
+        info = {"file": str(path), "format": f.attrs.get("format"), "images": n,
+                "events": len(set(f.event_ids.tolist())), "dim": f.D,
                 "planes": planes, "attrs": {k: v for k, v in f.attrs.items() if isinstance(v, (int, float, str))}}
         if has_labels:
             total = max(1, counts.sum())
@@ -222,13 +228,27 @@ def cmd_info(args) -> None:
     if args.json:
         print(json.dumps(info, indent=2, default=float))
         return
-    print(f"{info['file']}: {info['images']} images from {info['events']} events, {info['dim']}D")
+    kind = " (PILArNet-M file, features in MeV)" if info["format"] == "pilarnet-m" else ""
+    print(f"{info['file']}: {info['images']} images from {info['events']} events, {info['dim']}D{kind}")
     for name, p in info["planes"].items():
         shape = " x ".join(str(s) for s in p["shape"])
         print(f"  plane {name:>2}: {p['images']:6d} images of {shape}, {p['mean_pixels']:9.0f} pixels each, "
               f"occupancy {100 * p['occupancy']:.3f} %")
     if "class_fractions" in info:
         print("  class fractions: " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in info["class_fractions"].items()))
+    shown = [(label, info["attrs"][key]) for key, label in PROVENANCE if info["attrs"].get(key) not in (None, "")]
+    if shown:
+        print("  provenance:")
+        for label, value in shown:
+            print(f"    {label:18s} {value}")
+
+
+PROVENANCE = (("command", "command"), ("sparseseg_version", "sparseseg"), ("simulator_version", "simulator"),
+              ("preset", "preset"), ("seed", "seed"), ("label_rule", "label rule"), ("weights_name", "weights"),
+              ("weights_file", "weights file"), ("weights_sha256", "weights sha256"), ("precision", "precision"),
+              ("min_scores", "min scores"), ("class_bias", "class bias"), ("input_file", "input"),
+              ("input_sha256", "input identity"), ("source_format", "input format"))
+"""Provenance attributes that ``info`` prints, with their labels (docs/file_format.md)."""
 
 
 def _interaction_images(f, index: int):
@@ -243,26 +263,55 @@ def _interaction_images(f, index: int):
 
 
 def cmd_show(args) -> None:
-    from .io import EventFile
-    from .plots import event_display
+    """Event display of one event: a PNG (matplotlib; also .pdf, .svg) or, for .html, one
+    self-contained interactive page (plotly). A folder as -o receives event<ID>.png."""
+    from .io import EventFile, open_event_file
+    from .plots import display_title, event_display
 
-    with EventFile(args.file) as f:
+    target = args.output or ""
+    to_folder = bool(target) and (os.path.isdir(target) or target.endswith(("/", os.sep)))
+    if to_folder:
+        if not os.path.isdir(target):
+            raise UsageError(f"-o {target}: folder {target.rstrip('/' + os.sep) or os.sep} does not exist")
+    elif target:
+        ext = os.path.splitext(target)[1].lower()
+        if ext not in (".png", ".pdf", ".svg", ".html", ".htm"):
+            raise UsageError(f"-o {target}: unknown display format {ext or '(no extension)'}; "
+                             "give a .png, .pdf, .svg or .html file, or a folder")
+        _check_output_file("-o", target)
+    html = target.lower().endswith((".html", ".htm"))
+
+    with open_event_file(args.file) as f:  # sparseseg or PILArNet-M
         eid, rows = _interaction_images(f, args.event)
         events = [f[i] for i in rows]
-        preds = None
+        preds = scores = None
         if args.pred:
             with EventFile(args.pred) as p:
                 if "pred" not in p.extra_names:
                     raise UsageError(f"{args.pred}: holds no predictions (no 'pred' dataset); make it with `sparseseg predict`")
-                pos = {e: i for i, e in enumerate(zip(p.event_ids.tolist(), p.planes.tolist()))}
+                from .event import plane_name
+
+                pos = {(e, plane_name(str(pl) or None, p.D)): i
+                       for i, (e, pl) in enumerate(zip(p.event_ids.tolist(), p.planes.tolist()))}
                 preds = []
+                scores = [] if html and "scores" in p.extra_names else None
                 for ev in events:
                     key = (ev.meta.get("event_id"), ev.plane)
                     if key not in pos:
                         raise UsageError(f"{args.pred}: no prediction for event {key[0]} plane {key[1]}")
                     preds.append(p.read_extra(pos[key], "pred"))
-    out = args.output or f"event{eid}.png"
-    event_display(events, preds, out, title=f"{Path(args.file).name} event {eid}")
+                    if scores is not None:
+                        scores.append(p.read_extra(pos[key], "scores"))
+    out = target if target and not to_folder else os.path.join(target, f"event{eid}.png")
+    if to_folder:
+        _check_output_file("-o", out)
+    title = display_title(events[0].meta, source=Path(args.file).name)
+    if html:
+        from .display_html import event_display_html
+
+        event_display_html(events, preds, out, title=title, scores=scores)
+    else:
+        event_display(events, preds, out, title=title)
     print(f"wrote {out}")
 
 
@@ -271,6 +320,10 @@ def cmd_train(args) -> None:
     from .train import train
 
     cfg = config_mod.load(args.config)
+    if args.threads is not None:
+        cfg["train"]["threads"] = args.threads
+    if args.device is not None:
+        cfg["train"]["device"] = args.device
     out = args.out or os.path.join("runs", Path(args.config).stem)
     result = train(cfg, out, resume=args.resume, max_steps=args.max_steps, progress=not args.quiet)
     if int(os.environ.get("RANK", 0)) == 0:
@@ -286,10 +339,11 @@ def cmd_predict(args) -> None:
 
 
 def _predict(args) -> None:
-    from .infer import Predictor, output_paths, parse_min_scores, parse_shard, predict_file
+    from .infer import Predictor, output_paths, parse_min_scores, parse_planes, parse_shard, predict_file
 
     if args.threads:
         torch_threads(args.threads)
+    planes = parse_planes(args.planes)
     pairs = output_paths(args.inputs, args.output, parse_shard(args.shard))
     predictor = Predictor(weights=args.weights, device=args.device, min_scores=parse_min_scores(args.min_score),
                           precision=args.precision, model_name=args.model)
@@ -299,13 +353,24 @@ def _predict(args) -> None:
 
     for inp, out in pairs:
         with _tracking_output(out):
-            r = predict_file(inp, out, predictor, progress=not args.quiet, restart=args.restart, warn=warn)
+            r = predict_file(inp, out, predictor, progress=not args.quiet, restart=args.restart, warn=warn,
+                             command=command_line(args), planes=planes)
         note = f" (resumed after {r['resumed_from']} images)" if r["resumed_from"] else ""
+        if planes is not None:
+            note = f" of planes {','.join(r['planes'])}{note}, skipped {r['skipped']} images of other planes"
         clipped = f", {r['clipped']} feature values clipped to {r['clip']:g}" if r["clipped"] else ""
         print(f"{inp} -> {out}: {r['images']} images{note}{clipped}, {r['time_per_event_s']:.3f} s per event, "
               f"peak memory {r['peak_rss_mb']:.0f} MB")
     if not pairs:
         print("nothing to do: no input file falls in this shard")
+
+
+def command_line(args) -> str:
+    """The command line of this run, as recorded in the outputs' provenance."""
+    import shlex
+
+    argv = getattr(args, "argv", None)
+    return "sparseseg " + shlex.join(argv if argv is not None else sys.argv[1:])
 
 
 def torch_threads(n: int) -> None:
@@ -314,28 +379,110 @@ def torch_threads(n: int) -> None:
     torch.set_num_threads(int(n))
 
 
+PER_EVENT_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+"""``evaluate --per-event`` file formats, by file extension."""
+
+
+def _dim_plot_path(path: str, label: str) -> str:
+    """``cm.png`` -> ``cm.2D.png``: the heatmap of one dimension when the inputs hold two."""
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}.{label}{p.suffix or '.png'}"))
+
+
+class _PerEventWriter:
+    """Rows of ``evaluate --per-event`` as CSV or JSON lines, written to a temp file in the
+    target's folder and renamed over the target when complete (never a half-written file)."""
+
+    def __init__(self, path: str, fmt: str) -> None:
+        import tempfile
+
+        from .classes import CLASS_NAMES
+
+        self.path, self.fmt, self.rows = path, fmt, 0
+        target = Path(path)
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        self.fh = os.fdopen(fd, "w", newline="")
+        self.fields = ["file", "entry", "event_id", "plane", "dim", "pixels", "scored_pixels", "accuracy",
+                       "track_shower_accuracy"] + [f"efficiency_{n}" for n in CLASS_NAMES]
+        if fmt == "csv":
+            import csv
+
+            self.csv = csv.DictWriter(self.fh, fieldnames=self.fields, extrasaction="raise")
+            self.csv.writeheader()
+
+    def __call__(self, row: dict) -> None:
+        if self.fmt == "csv":
+            self.csv.writerow(row)
+        else:
+            self.fh.write(json.dumps(row) + "\n")
+        self.rows += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.fh.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
+
+
 def cmd_evaluate(args) -> None:
-    from .infer import evaluate_files, same_path
+    from contextlib import nullcontext
+
+    from .infer import evaluate, parse_planes, same_path
     from .metrics import format_table
 
-    for option, target in (("--json", args.json), ("--plot", args.plot)):
-        if target:
-            for inp in args.inputs:
-                if same_path(inp, target):
-                    raise UsageError(f"{option} {target}: is the input file {inp}; choose another name")
-    if args.json and args.plot and same_path(args.json, args.plot):
-        raise UsageError(f"--json and --plot are the same file {args.json}; give two names")
-    acc = evaluate_files(args.inputs)
-    summary = acc.summary()
-    print(format_table(summary))
+    planes = parse_planes(args.planes)
+    outputs = [(o, t) for o, t in (("--json", args.json), ("--plot", args.plot), ("--per-event", args.per_event)) if t]
+    for option, target in outputs:
+        _check_output_file(option, target)
+        for inp in args.inputs:
+            if same_path(inp, target):
+                raise UsageError(f"{option} {target}: is the input file {inp}; choose another name")
+    for k, (o1, t1) in enumerate(outputs):
+        for o2, t2 in outputs[k + 1:]:
+            if same_path(t1, t2):
+                raise UsageError(f"{o1} and {o2} are the same file {t1}; give two names")
+    fmt = None
+    if args.per_event:
+        fmt = PER_EVENT_FORMATS.get(Path(args.per_event).suffix.lower())
+        if fmt is None:
+            raise UsageError(f"--per-event {args.per_event}: unknown format; name the file "
+                             f"{' or '.join('*' + e for e in PER_EVENT_FORMATS)}")
+    with (_PerEventWriter(args.per_event, fmt) if fmt else nullcontext()) as rows:
+        result = evaluate(args.inputs, planes=planes, per_image=rows)
+    summary = result.summary()
+    labelled = {f"{d}D": acc for d, acc in sorted(result.by_dim.items())}
+    if planes is not None:
+        for part in ([summary] if len(labelled) == 1 else list(summary.values())):
+            part["planes"] = list(planes)
+    if len(labelled) == 1:
+        print(format_table(summary))
+    else:
+        print("\n\n".join(f"{label}: {acc.events} images\n{format_table(summary[label])}"
+                           for label, acc in labelled.items()))
+    if planes is not None:
+        what = f"skipped {result.skipped} images of planes {', '.join(result.skipped_planes)}" if result.skipped \
+            else "no image of another plane"
+        print(f"scored planes {', '.join(planes)} only; {what}")
+    if rows is not None:
+        print(f"wrote {rows.rows} per-image rows to {args.per_event}")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
         print(f"wrote {args.json}")
     if args.plot:
         from .plots import confusion_heatmap
 
-        confusion_heatmap(acc.matrix, args.plot, title=f"{', '.join(Path(p).name for p in args.inputs)}")
-        print(f"wrote {args.plot}")
+        title = ", ".join(Path(p).name for p in args.inputs)
+        for label, acc in labelled.items():
+            target = args.plot if len(labelled) == 1 else _dim_plot_path(args.plot, label)
+            confusion_heatmap(acc.matrix, target, title=title if len(labelled) == 1 else f"{title} ({label})")
+            print(f"wrote {target}")
 
 
 def cmd_demo(args) -> None:
@@ -395,11 +542,28 @@ def cmd_export(args) -> None:
     from .export import export_model
 
     shape = _int_list(args.input_shape) if args.input_shape else None
-    r = export_model(args.model, args.weights, args.format, args.output, example_input_shape=shape)
+    fmt = args.format or EXPORT_FORMATS.get(Path(args.output).suffix.lower())
+    if fmt is None:
+        raise UsageError(f"-o {args.output}: cannot tell the format from the extension "
+                         f"({', '.join(EXPORT_FORMATS)}); pass --format torchscript or --format onnx")
+    r = export_model(args.model, args.weights, fmt, args.output, example_input_shape=shape)
     src = r["weights"] or "random weights (no --weights given)"
+    if r.get("converted_from"):
+        src += f", {r['converted_from']} weights converted to the dense twin"
     print(f"exported {r['model']} ({src}) as {r['format']} -> {r['path']}")
     print(f"checked: input {tuple(r['input_shape'])} -> output {tuple(r['output_shape'])}, "
           f"max |exported - pytorch| = {r['max_abs_diff']:.2e}")
+    if r.get("converted_from"):
+        print("note: the dense twin equals the sparse model where every pixel is active; on sparse images it also "
+              "convolves the empty pixels, so its scores differ")
+    if r.get("input_norm") == "mip":
+        print("note: input_norm mip: feed MIP-calibrated features (sparseseg.models.dense_uresnet.densify with "
+              "normalize=True); the exported network does not calibrate")
+
+
+EXPORT_FORMATS = {".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript", ".jit": "torchscript",
+                  ".onnx": "onnx"}
+"""``export`` formats told from the output's extension when ``--format`` is not given."""
 
 
 def cmd_roi_eval(args) -> None:
@@ -456,6 +620,43 @@ def cmd_bench(args) -> None:
         print(f"wrote {args.plot}")
 
 
+def cmd_weights(args) -> None:
+    from .registry import SHIPPED, sha256
+
+    rows = []
+    for s in SHIPPED.values():
+        present = s.path.exists()
+        ok = present and (not args.verify or sha256(s.path) == s.sha256)
+        rows.append({"name": s.name, "file": str(s.path), "task": s.task, "trained_on": s.trained_on,
+                     "inputs": s.feature_scale, "sha256": s.sha256, "card": str(s.card_path), "config": s.config,
+                     "size_mb": round(s.path.stat().st_size / 2**20, 2) if present else None,
+                     "status": ("ok" if ok else "sha256 differs") if present else "missing"})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            size = f"{r['size_mb']:.1f} MB" if r["size_mb"] is not None else "missing"
+            check = f", {r['status']}" if args.verify else ""
+            print(f"{r['name']}: {r['task']}\n  file {r['file']} ({size}, sha256 {r['sha256'][:16]}...{check})\n"
+                  f"  trained on {r['trained_on']}; inputs: {r['inputs']}\n"
+                  f"  model card {r['card']}; config: sparseseg config {Path(r['config']).stem}")
+    if args.verify and any(r["status"] != "ok" for r in rows):
+        bad = ", ".join(f"{r['name']} ({r['status']})" for r in rows if r["status"] != "ok")
+        raise UsageError(f"shipped weights failed the check: {bad}")
+
+
+def cmd_config(args) -> None:
+    from .registry import config_names, config_path
+
+    if not args.name:
+        for name in config_names():
+            first = config_path(name).read_text().splitlines()[:1]
+            print(f"{name:18s} {first[0].lstrip('# ') if first else ''}")
+        print("print one with `sparseseg config NAME > my.yaml`, edit it, then `sparseseg train --config my.yaml`")
+        return
+    sys.stdout.write(config_path(args.name).read_text())
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sparseseg", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -486,11 +687,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("show", help="draw an event display (ADC, truth, prediction per plane)",
-                       description="Draw all planes of one event: ADC, truth labels and, with --pred, the prediction.")
+                       description="Draw all planes of one event: ADC, truth labels and, with --pred, the prediction. "
+                                   "The extension of -o picks the format: a PNG (pooled to the screen) or an HTML "
+                                   "page to zoom into at full resolution.")
     s.add_argument("file")
     s.add_argument("--event", type=int, default=0, help="which event (by position among event ids; default 0)")
     s.add_argument("--pred", help="prediction file from `sparseseg predict`")
-    s.add_argument("-o", "--output", help="PNG to write (default: event<ID>.png)")
+    s.add_argument("-o", "--output",
+                   help="file to write: .png (also .pdf, .svg), or .html for an interactive page (plotly, opens "
+                        "offline; full resolution, hover with classes and scores); a folder receives event<ID>.png "
+                        "(default: event<ID>.png)")
     s.set_defaults(func=cmd_show)
 
     s = sub.add_parser("train", help="train a model from a YAML config",
@@ -501,6 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="run folder (default: runs/<config name>)")
     s.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     s.add_argument("--max-steps", type=int, help="override train.max_steps")
+    s.add_argument("--threads", type=int, help="override train.threads: CPU threads, 1 or more, or 0 for torch's choice")
+    s.add_argument("--device", help="override train.device: cpu, cuda or cuda:N")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_train)
 
@@ -526,6 +734,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "about 2x faster on CPUs with AVX512-BF16/AMX; auto (default) = bf16 on such CPUs, else fp32. "
                         "`sparseseg bench` prints bf16's agreement with fp32")
     s.add_argument("--shard", metavar="K/N", help="process only input files i with i %% N == K (batch arrays)")
+    s.add_argument("--planes", metavar="NAMES",
+                   help="segment and write only these planes, comma-separated names (e.g. Y); the other images are "
+                        "skipped and counted. Part of the output's identity: a resume needs the same selection")
     s.add_argument("--restart", action="store_true",
                    help="discard the saved part of an interrupted run (<output>.partial) instead of resuming it; "
                         "needed when the input, weights or settings changed since")
@@ -534,10 +745,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="confusion matrices, efficiency and purity of predictions",
                        description="Compare predictions with truth: confusion matrix (rows = truth), efficiency (normalised "
-                                   "to truth), purity (normalised to prediction), IoU, track/shower collapsed, per plane.")
+                                   "to truth), purity (normalised to prediction), IoU, track/shower collapsed, per plane. "
+                                   "2D planes and 3D volumes are never pooled: inputs holding both give one table per "
+                                   "dimension, labelled 2D and 3D, and JSON keyed \"2D\" / \"3D\".")
     s.add_argument("inputs", nargs="+", help="prediction file(s) from `sparseseg predict`")
     s.add_argument("--json", help="write all numbers as JSON here")
-    s.add_argument("--plot", help="write a confusion-matrix heatmap PNG here")
+    s.add_argument("--plot", help="write a confusion-matrix heatmap PNG here (inputs holding 2D and 3D images: "
+                                  "one per dimension, <name>.2D.png and <name>.3D.png)")
+    s.add_argument("--per-event", metavar="FILE.csv|FILE.jsonl",
+                   help="write one row per image (event id, plane) here, CSV or JSON lines by the extension: "
+                        "file, entry, event_id, plane, dim, pixels, scored_pixels (truth known), accuracy, "
+                        "track_shower_accuracy, efficiency_<class> (empty / null where undefined)")
+    s.add_argument("--planes", metavar="NAMES",
+                   help="score only these planes, comma-separated names (e.g. U,V; an image without a plane name "
+                        "is 2D or 3D); every name must be in the inputs")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("demo", help="simulate, segment and draw a few MicroBooNE-like events",
@@ -554,10 +775,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "uresnet-dense) as TorchScript (torch.jit.load / torch::jit::load in LArSoft or Wire-Cell) "
                                    "or ONNX (onnxruntime), then reload it and check it reproduces PyTorch to 1e-4. The sparse "
                                    "UResNet cannot be exported: spconv's rulebook convolutions have no TorchScript/ONNX "
-                                   "operator; run it through sparseseg predict, or export its dense twin (uresnet-dense).")
+                                   "operator; run it through sparseseg predict, or export its dense twin (uresnet-dense): "
+                                   "--model uresnet-dense --weights weights/uresnet2d.pt converts the sparse weights.")
     s.add_argument("--model", required=True, help="model name (see above)")
-    s.add_argument("--weights", help="sparseseg checkpoint of that model (default: random weights, to test a chain)")
-    s.add_argument("--format", required=True, choices=["torchscript", "onnx"], help="output format")
+    s.add_argument("--weights", help="sparseseg checkpoint of that model, or for uresnet-dense of the sparse uresnet "
+                                     "(converted) (default: random weights, to test a chain)")
+    s.add_argument("--format", choices=["torchscript", "onnx"],
+                   help="output format (default: by the extension of -o: .onnx = onnx; .pt, .ts, .torchscript, "
+                        ".jit = torchscript)")
     s.add_argument("--input-shape", metavar="B,C,H,W", help="example input used to trace and check (default per model)")
     s.add_argument("-o", "--output", required=True, help="file to write")
     s.set_defaults(func=cmd_export)
@@ -622,6 +847,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--markdown", help="write the tables as Markdown here")
     s.add_argument("--plot", help="write the occupancy-scaling plot (PNG) here")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("weights", help="list the shipped weights (file, sha256, training data, model card)",
+                       description="The shipped weights: what each does, what it was trained on, what inputs it "
+                                   "expects, its file, sha256 and model card.")
+    s.add_argument("--verify", action="store_true", help="check every file's sha256 (exit 2 if one differs)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_weights)
+
+    s = sub.add_parser("config", help="print a shipped training config to start from",
+                       description="Without NAME: list the shipped training configs. With NAME: print it, e.g. "
+                                   "`sparseseg config uresnet2d > my.yaml`.")
+    s.add_argument("name", nargs="?", help="config name (e.g. uresnet2d)")
+    s.set_defaults(func=cmd_config)
     return p
 
 
@@ -653,15 +891,41 @@ def _os_error_text(err: OSError) -> str:
     return " ".join(str(err).split())
 
 
+def _stdout_gone() -> int:
+    """stdout's reader went away (``sparseseg evaluate p.h5 | head -1``): point stdout at
+    /dev/null, so that Python's flush at exit does not fail again, and exit quietly with
+    status 1 (the recipe of Python's signal documentation)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # a replaced stdout without a file descriptor
+        pass
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 0
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            sys.stdout.flush()
+            return 0
+    except SystemExit:  # --help, --version, usage errors: flush here, where a closed pipe can be caught
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _stdout_gone()
+        raise
+    except BrokenPipeError:
+        return _stdout_gone()
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         check_arguments(args)
         args.func(args)
+        sys.stdout.flush()  # inside the try: a reader gone before the end is a BrokenPipeError here
+    except BrokenPipeError:
+        return _stdout_gone()
     except Stopped as stop:
         print(_stopped_message(args.command, stop), file=sys.stderr)
         return 128 + stop.signum

@@ -14,6 +14,15 @@ ADC_MAX = 300.0
 """Default saturation: ADC values above ADC_MAX are clipped to it (never dropped)."""
 
 
+def plane_name(plane: Any, ndim: int) -> str:
+    """The plane name of an image: ``plane`` (its ``meta["plane"]``) when it has one, else
+    "2D" or "3D" by its dimension ``ndim``: an image whose plane was not recorded is booked
+    under an explicit name, never a placeholder, and is not guessed to be U, V or Y."""
+    if plane is None or (isinstance(plane, str) and not plane):
+        return f"{int(ndim)}D"
+    return str(plane)
+
+
 def _fail(field_name: str, message: str) -> None:
     raise ValueError(f"Event.{field_name}: {message}")
 
@@ -124,7 +133,9 @@ class Event:
 
     @property
     def plane(self) -> str:
-        return str(self.meta.get("plane", "3D" if self.ndim == 3 else "?"))
+        """``meta["plane"]`` ("U", "V", "Y", ...); an image without one is named by its
+        dimension, "2D" or "3D" (see :func:`plane_name`)."""
+        return plane_name(self.meta.get("plane"), self.ndim)
 
     @property
     def occupancy(self) -> float:

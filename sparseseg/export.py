@@ -88,6 +88,8 @@ def dense_from(ckpt: dict[str, Any], path: str | Path = "<checkpoint>", name: st
         ck_name = mcfg.pop("name")
     except (KeyError, TypeError):
         raise ValueError(f"weights file {path}: config has no model section with a name") from None
+    if name == "uresnet-dense" and ck_name == "uresnet":
+        return dense_twin_from(ckpt, path)
     if name is not None and name != ck_name:
         raise ValueError(f"weights file {path}: holds model {ck_name!r}, not {name!r}")
     if ck_name in SPARSE_MODELS:
@@ -101,6 +103,36 @@ def dense_from(ckpt: dict[str, Any], path: str | Path = "<checkpoint>", name: st
     except RuntimeError as err:
         lines = str(err).strip().splitlines()
         raise ValueError(f"weights file {path}: weights do not fit model {ck_name!r} ({lines[-1].strip()})") from None
+    return model.eval()
+
+
+def dense_twin_from(ckpt: dict[str, Any], path: str | Path = "<checkpoint>") -> torch.nn.Module:
+    """The dense UResNet twin (``uresnet-dense``) of a sparse ``uresnet`` checkpoint: the same
+    config, with the sparse weights converted by
+    :func:`~sparseseg.models.dense_uresnet.convert_sparse_state_dict`.
+
+    The two compute the same function where every pixel of the image is active; on sparse
+    images they differ (the dense twin also convolves the empty pixels). Like every
+    ``uresnet-dense``, it takes the features as they reach the network: with
+    ``input_norm: mip`` the per-image MIP calibration is the caller's (see
+    :func:`~sparseseg.models.dense_uresnet.densify` with ``normalize=True``).
+    """
+    from .checkpoint import float_state
+    from .models import build_model
+    from .models.dense_uresnet import convert_sparse_state_dict
+
+    mcfg = dict(ckpt["config"]["model"])
+    mcfg.pop("name", None)
+    if tuple(ckpt["classes"]) != tuple(CLASS_NAMES):
+        raise ValueError(f"weights file {path}: classes {tuple(ckpt['classes'])} do not fit model 'uresnet-dense' "
+                         f"(expected {tuple(CLASS_NAMES)})")
+    model = build_model("uresnet-dense", **mcfg)
+    try:
+        model.load_state_dict(convert_sparse_state_dict(float_state(ckpt["model"]), model.dim))
+    except RuntimeError as err:
+        lines = str(err).strip().splitlines()
+        raise ValueError(f"weights file {path}: sparse uresnet weights do not convert to its dense twin "
+                         f"({lines[-1].strip()})") from None
     return model.eval()
 
 
@@ -157,7 +189,9 @@ def export_model(
         ``roi-mobilenetv3``, ``roi-transformer``, ``cvn``, ``uresnet-dense``.
     weights : path or None
         sparseseg checkpoint of that model, or None for randomly initialised weights (to
-        test a deployment chain before training).
+        test a deployment chain before training). For ``uresnet-dense`` a sparse ``uresnet``
+        checkpoint (e.g. the shipped weights/uresnet2d.pt) is converted to its dense twin
+        (:func:`dense_twin_from`).
     fmt : {"torchscript", "onnx"}
     out_path : path
         File to write (folders are created).
@@ -173,7 +207,8 @@ def export_model(
     Returns
     -------
     dict: ``path``, ``format``, ``model``, ``input_shape``, ``output_shape``,
-    ``max_abs_diff``, ``weights``.
+    ``max_abs_diff``, ``weights``, ``converted_from`` (the checkpoint's model when its weights
+    were converted, else None) and ``input_norm`` (the model's, or None).
 
     Raises
     ------
@@ -189,12 +224,18 @@ def export_model(
         raise ValueError(f"unknown model {name!r}; exportable models: {', '.join(DEFAULT_INPUT_SHAPES)}")
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    converted = None
     if weights is not None:
-        model, _ = load_dense_checkpoint(weights, name)
+        model, ckpt = load_dense_checkpoint(weights, name)
+        held = ckpt["config"]["model"]["name"]
+        converted = held if held != name else None  # a sparse uresnet checkpoint for uresnet-dense
     else:
         model = build_model(name, **(model_kwargs or {})).eval()
     model = model.cpu().eval()
-    shape = tuple(int(s) for s in (example_input_shape or DEFAULT_INPUT_SHAPES.get(name, (1, 1, 64, 64))))
+    default = DEFAULT_INPUT_SHAPES.get(name, (1, 1, 64, 64))
+    if name == "uresnet-dense" and model.dim == 3:
+        default = (1, model.in_channels, 32, 32, 32)
+    shape = tuple(int(s) for s in (example_input_shape or default))
     if len(shape) < 3 or min(shape) < 1:
         raise ValueError(f"example_input_shape must be (B, C, *spatial) with positive sizes, got {shape}")
     gen = torch.Generator().manual_seed(0)
@@ -226,4 +267,5 @@ def export_model(
     with torch.no_grad():
         out_shape = tuple(model(example).shape)
     return {"path": str(out_path), "format": fmt, "model": name, "input_shape": list(shape),
-            "output_shape": list(out_shape), "max_abs_diff": diff, "weights": None if weights is None else str(weights)}
+            "output_shape": list(out_shape), "max_abs_diff": diff, "weights": None if weights is None else str(weights),
+            "converted_from": converted, "input_norm": getattr(getattr(model, "config", None), "input_norm", None)}

@@ -9,6 +9,7 @@ and settings, and a rerun with other ones is refused.
 """
 from __future__ import annotations
 
+import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -19,9 +20,10 @@ import torch
 
 from .classes import CLASS_NAMES, class_index
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_WEIGHTS = {2: WEIGHTS_DIR / "uresnet2d.pt", 3: WEIGHTS_DIR / "uresnet3d.pt"}
-PATCH_WEIGHTS = WEIGHTS_DIR / "patch_cnn.pt"
+from .registry import default_weights, shipped_for
+
+DEFAULT_WEIGHTS = {2: default_weights(2), 3: default_weights(3)}
+"""Default segmentation weights per dimension (:mod:`sparseseg.registry`)."""
 EXTRAS = {"pred": ("uint8", ()), "scores": ("float16", (len(CLASS_NAMES),))}
 
 
@@ -79,7 +81,7 @@ def choose_class_bias(scores: np.ndarray, labels: np.ndarray, grid=np.arange(-1.
 def apply_min_scores(scores: np.ndarray, min_scores: dict[int, float], class_bias=None) -> np.ndarray:
     """Argmax class per pixel (of log score + ``class_bias``, the offsets shipped with the
     weights); a pixel whose best class c has score < min_scores[c] takes its best other class
-    instead (seed 004's "delta score > 0.5")."""
+    instead (MicroBooNE's SparseSSNet talk, R. Itay, CTD 2020: "delta score > 0.5")."""
     pred = biased_argmax(scores, class_bias)
     for c, threshold in min_scores.items():
         weak = (pred == c) & (scores[:, c] < threshold)
@@ -88,6 +90,43 @@ def apply_min_scores(scores: np.ndarray, min_scores: dict[int, float], class_bia
             other[:, c] = -np.inf
             pred[weak] = other.argmax(axis=1)
     return pred.astype(np.uint8)
+
+
+def parse_planes(text: str | None, option: str = "--planes") -> tuple[str, ...] | None:
+    """``"U,V"`` -> ("U", "V"); None or "" -> None (every plane)."""
+    if text is None:
+        return None
+    names = [t.strip() for t in str(text).split(",")]
+    if not text.strip() or any(not n for n in names):
+        raise ValueError(f"{option} {text!r}: expected comma-separated plane names, e.g. U,V or Y")
+    return tuple(dict.fromkeys(names))
+
+
+def _entry_plane(f, i: int) -> str:
+    """The plane name of file entry ``i`` (see :func:`sparseseg.event.plane_name`), without
+    reading its pixels."""
+    from .event import plane_name
+
+    name = str(f.planes[i]) if f.planes[i] else None
+    if name is None and hasattr(f, "meta"):
+        name = f.meta(i).get("plane")  # a plane name too long for its column is kept in the JSON
+    return plane_name(name, f.D)
+
+
+def _selected_entries(path: str, f, planes) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """Entries of ``f`` whose plane is one of ``planes`` (all when None), and the selection as
+    the file spells the names; ``ValueError`` when a name is not in the file."""
+    if planes is None:
+        return np.arange(len(f)), None
+    names = [_entry_plane(f, i) for i in range(len(f))]
+    spelled = {n.upper(): n for n in names}
+    missing = [q for q in planes if q.upper() not in spelled]
+    if missing:
+        raise ValueError(f"{path}: --planes {','.join(planes)}: no image of plane {', '.join(missing)} "
+                         f"(the file holds planes {', '.join(dict.fromkeys(names)) or 'none'})")
+    wanted = {q.upper() for q in planes}
+    return (np.array([i for i, n in enumerate(names) if n.upper() in wanted], dtype=np.int64),
+            tuple(spelled[q.upper()] for q in planes))
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -125,7 +164,7 @@ class Predictor:
     """Apply the per-class offsets stored with the weights (``class_bias``); False: plain argmax."""
     model_name: str | None = None
     """None: whatever the weights hold; "patch-cnn" (or "uresnet") also checks the weights
-    hold that model, and for patch-cnn picks weights/patch_cnn.pt by default."""
+    hold that model. No patch-cnn weights are shipped: patch-cnn needs ``weights``."""
     _models: dict = field(default_factory=dict)
     _bias: dict = field(default_factory=dict)
 
@@ -153,10 +192,9 @@ class Predictor:
             if self.weights:
                 path = Path(self.weights)
             else:
-                path = PATCH_WEIGHTS if self.model_name == "patch-cnn" else DEFAULT_WEIGHTS[dim]
+                path = _weights_path(self, dim)
                 if not path.exists():
-                    what = "patch-cnn" if self.model_name == "patch-cnn" else f"{dim}D"
-                    raise FileNotFoundError(f"no shipped {what} weights at {path}; pass --weights PATH")
+                    raise FileNotFoundError(f"no shipped {dim}D weights at {path}; pass --weights PATH")
             ckpt = load(path)
             bias = ckpt.get("class_bias")
             self._bias[dim] = np.asarray(bias, np.float32) if bias is not None and self.use_class_bias else None
@@ -206,6 +244,11 @@ class Predictor:
                 out[i] = part.cpu().numpy()
         return out
 
+    def input_norm(self, dim: int) -> str:
+        """The input normalisation of this dimension's model ("none" or "mip")."""
+        config = getattr(self.model(dim), "config", None)  # UResNet and its inference engine; None: patch-cnn
+        return getattr(config, "input_norm", "none") or "none"
+
     def class_bias(self, dim: int):
         """The per-class log-score offsets shipped with this dimension's weights (None if none)."""
         self.model(dim)
@@ -218,6 +261,42 @@ class Predictor:
             return []
         bias = self.class_bias(events[0].ndim)
         return [(apply_min_scores(s, self.min_scores, bias), s) for s in self.scores(events)]
+
+
+SIMULATOR_FEATURE_MEDIAN = 60.0
+"""Typical median feature value of the simulator's images and volumes (ADC-like charge; a MIP
+gives ~58 per pixel): the scale models without ``input_norm`` were trained on."""
+MAX_TRAINED_SIZE = {2: 3456, 3: 768}
+"""Largest image side (2D: wires or downsampled ticks of a MicroBooNE plane) and volume side
+(3D) of the data the shipped weights were made for."""
+MAX_TRAINED_OCCUPANCY = {2: 0.05, 3: 0.01}
+"""Occupancy far above anything in the training data (2D views: 0.3-2 %)."""
+
+
+def input_warnings(events, input_norm: str, dim: int) -> list[str]:
+    """One-line warnings for inputs unlike the data the weights were trained on: feature scale
+    (for weights without ``input_norm``; e.g. MeV-scale PILArNet-M voxels given to weights
+    trained on ADC), image size, occupancy. ``events`` is a sample (e.g. the first event)."""
+    out: list[str] = []
+    feats = [ev.features[:, 0] for ev in events if len(ev)]
+    if input_norm == "none" and feats:
+        median = float(np.median(np.concatenate(feats)))
+        if not SIMULATOR_FEATURE_MEDIAN / 5 <= median <= SIMULATOR_FEATURE_MEDIAN * 5:
+            out.append(f"feature values have median {median:.3g}, but these weights were trained on ADC-like charge "
+                       f"with median ~{SIMULATOR_FEATURE_MEDIAN:g} (a MIP ~58); MeV-scale inputs such as PILArNet-M "
+                       "voxels are outside their training data: rescale the features or use weights trained on them")
+    big = max((max(ev.shape) for ev in events), default=0)
+    if big > 1.5 * MAX_TRAINED_SIZE[dim]:
+        shape = next(" x ".join(map(str, ev.shape)) for ev in events if max(ev.shape) == big)
+        out.append(f"an image of {shape} is far larger than the data the weights were made for (sides up to "
+                   f"{MAX_TRAINED_SIZE[dim]}; MicroBooNE planes are 1008 ticks, downsampled by 6, x 2400/3456 wires): "
+                   "time and memory grow with the image; downsample the ticks first")
+    occ = max((ev.occupancy for ev in events), default=0.0)
+    if occ > MAX_TRAINED_OCCUPANCY[dim]:
+        out.append(f"an image has {100 * occ:.1f} % of its pixels above threshold, far above the training data "
+                   f"(<= {100 * MAX_TRAINED_OCCUPANCY[dim]:g} %): is the threshold applied (ADC >= 10) and the "
+                   "pedestal subtracted? time and memory grow with the pixel count")
+    return out
 
 
 MAX_GROUP_IMAGES = 8
@@ -267,7 +346,12 @@ def _weights_path(predictor: Predictor, dim: int) -> Path:
     """The weights file the predictor uses for ``dim``-D events."""
     if predictor.weights:
         return Path(predictor.weights)
-    return PATCH_WEIGHTS if predictor.model_name == "patch-cnn" else DEFAULT_WEIGHTS[dim]
+    if predictor.model_name == "patch-cnn":
+        raise ValueError("no patch-cnn weights are shipped: train them (sparseseg config patch_cnn) "
+                         "and pass --weights PATH")
+    if dim not in DEFAULT_WEIGHTS:
+        raise ValueError(f"no default weights for {dim}-D events; pass --weights PATH")
+    return DEFAULT_WEIGHTS[dim]
 
 
 def _input_identity(path: str, f) -> dict:
@@ -277,7 +361,8 @@ def _input_identity(path: str, f) -> dict:
     import os
 
     st = os.stat(path)
-    h = hashlib.sha256(np.ascontiguousarray(f.offsets, dtype=np.int64).tobytes())
+    offsets = getattr(f, "offsets", None)  # a PILArNet-M file has none (its size and mtime stand for it)
+    h = hashlib.sha256(np.ascontiguousarray(offsets if offsets is not None else [len(f)], dtype=np.int64).tobytes())
     h.update(np.ascontiguousarray(f.event_ids, dtype=np.int64).tobytes())
     h.update(json.dumps(f.attrs, sort_keys=True, default=str).encode())
     return {"name": Path(path).name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
@@ -323,8 +408,8 @@ def _checked_features(path: str, f, i: int, ev, clip: float):
 
 
 def predict_file(path: str, output: str, predictor: Predictor, progress: bool = True, *,
-                 restart: bool = False, warn=None) -> dict:
-    """Segment every image of ``path`` into ``output``.
+                 restart: bool = False, warn=None, command: str | None = None, planes=None) -> dict:
+    """Segment every image of ``path`` (or, with ``planes``, those of these planes) into ``output``.
 
     The output is written through a crash-safe ``<output>.partial`` folder
     (:class:`~sparseseg.io.EventWriter`): a rerun after an interruption resumes after the last
@@ -332,18 +417,30 @@ def predict_file(path: str, output: str, predictor: Predictor, progress: bool = 
     weights and the settings are the same (they are recorded; a difference raises
     ``ValueError`` naming it). ``restart=True`` discards a partial output first.
 
+    ``planes`` (e.g. ``("Y",)``, names matched without regard to case) segments and writes only
+    the images of those planes; the others are skipped and counted in the result's
+    ``skipped``. The selection is part of the output's identity (a resume with another one is
+    refused) and is recorded in its ``planes`` attribute. A name the file does not hold raises
+    ``ValueError``.
+
     Features are checked at the boundary: non-finite or negative values raise ``ValueError``
     naming the event; values above the clip (the file's ``adc_max`` attribute, else 300) are
     clipped for the model, reported once per file through ``warn`` (default
     :func:`warnings.warn`) and counted in the result's ``clipped``. Non-finite model scores
     raise ``ValueError`` before anything of that event is written.
+
+    Provenance (root attributes of the output, shown by ``sparseseg info``): ``weights_name``
+    (registry name, or "" for other weights), ``weights_file``, ``weights_sha256``,
+    ``sparseseg_version``, ``precision``, ``min_scores``, ``class_bias``, ``input_file``,
+    ``input_sha256`` (hash of the input's offsets, event ids and attributes) and ``command``
+    (``command``, the command line; a resumed run keeps the first run's).
     """
     import warnings
 
     from tqdm import tqdm
 
     from . import __version__
-    from .io import EventFile, EventWriter
+    from .io import EventWriter, open_event_file
     from .io.h5 import _RESERVED_ATTRS
 
     if same_path(path, output):
@@ -354,24 +451,46 @@ def predict_file(path: str, output: str, predictor: Predictor, progress: bool = 
     t0 = time.perf_counter()
     times: list[float] = []
     clipped_total = 0
-    with EventFile(path) as f:
+    with open_event_file(path) as f:
         attrs = {k: v for k, v in f.attrs.items()
                  if isinstance(v, (int, float, str)) and k not in _RESERVED_ATTRS}
+        if f.attrs.get("format") == "pilarnet-m":
+            attrs["source_format"] = "pilarnet-m"
         attrs["source_file"] = str(Path(path).name)
         attrs["min_scores"] = ";".join(f"{CLASS_NAMES[c]}={s}" for c, s in sorted(predictor.min_scores.items()))
         attrs["precision"] = predictor.precision
         identity = {"command": "predict", "input": _input_identity(path, f), "precision": predictor.precision,
                     "min_scores": attrs["min_scores"], "model": predictor.model_name,
                     "class_bias": getattr(predictor, "use_class_bias", None), "sparseseg": __version__}
+        attrs["sparseseg_version"] = __version__
+        attrs["input_file"] = os.path.abspath(path)
+        attrs["input_sha256"] = identity["input"]["sha256"]
         if len(f):
             predictor.model(f.D)  # fail early on missing or mismatched weights
-            identity["weights_sha256"] = _sha256_file(_weights_path(predictor, f.D))
+            wpath = _weights_path(predictor, f.D)
+            identity["weights_sha256"] = _sha256_file(wpath)
+            shipped = shipped_for(wpath)
+            attrs["weights_name"] = shipped.name if shipped else ""
+            attrs["weights_file"] = os.path.abspath(wpath)
+            attrs["weights_sha256"] = identity["weights_sha256"]
+            bias = predictor.class_bias(f.D)
+            attrs["class_bias"] = "" if bias is None else ";".join(
+                f"{CLASS_NAMES[c]}={float(b):g}" for c, b in enumerate(bias) if b)
+        if command:
+            attrs["command"] = command
+        order, chosen = _selected_entries(path, f, planes)
+        if chosen is not None:
+            attrs["planes"] = identity["planes"] = ",".join(chosen)
         clip = _clip_value(f)
         with EventWriter(output, extras=EXTRAS, attrs=attrs, resume=not restart, identity=identity) as w:
             start = w.n_done
-            bar = tqdm(total=len(f), initial=start, desc=Path(path).name, unit="image", disable=not progress)
-            for rows in _groups(f.event_ids, start):
+            bar = tqdm(total=len(order), initial=start, desc=Path(path).name, unit="image", disable=not progress)
+            for k, group in enumerate(_groups(f.event_ids[order], start)):
+                rows = [int(order[j]) for j in group]
                 events = [f[i] for i in rows]
+                if k == 0:
+                    for message in input_warnings(events, predictor.input_norm(f.D), f.D):
+                        warn(f"{path}: {message}")
                 model_events = []
                 for i, ev in zip(rows, events):
                     ev_in, n_over = _checked_features(path, f, i, ev, clip)
@@ -394,7 +513,8 @@ def predict_file(path: str, output: str, predictor: Predictor, progress: bool = 
                 bar.update(len(rows))
             bar.close()
             resumed = start
-    return {"input": path, "output": output, "images": len(f), "resumed_from": resumed,
+    return {"input": path, "output": output, "images": len(order), "skipped": len(f) - len(order),
+            "planes": None if chosen is None else list(chosen), "resumed_from": resumed,
             "events": len(times), "time_per_event_s": float(np.mean(times)) if times else 0.0,
             "wall_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "clipped": clipped_total,
             "clip": clip}
@@ -428,19 +548,103 @@ def output_paths(inputs: list[str], output: str, shard: tuple[int, int]) -> list
     return [pair for i, pair in enumerate(pairs) if i % n == k]
 
 
-def evaluate_files(paths: list[str]):
-    """Confusion matrices (overall and per plane) of prediction files with truth labels."""
+@dataclass
+class Evaluation:
+    """Confusion matrices of prediction files: one accumulator per image dimension (2D wire
+    planes and 3D volumes are never pooled into one matrix), each with its per-plane matrices."""
+
+    by_dim: dict = field(default_factory=dict)
+    """{2 or 3: :class:`~sparseseg.metrics.ConfusionAccumulator`}, for the dimensions present."""
+    skipped: int = 0
+    """Images left out by the plane selection."""
+    skipped_planes: tuple = ()
+    """Their plane names."""
+
+    def summary(self) -> dict:
+        """One dimension: its accumulator's summary plus ``dim``. Several: {"2D": ..., "3D": ...}."""
+        sums = {f"{d}D": dict(acc.summary(), dim=d) for d, acc in sorted(self.by_dim.items())}
+        return next(iter(sums.values())) if len(sums) == 1 else sums  # {} when nothing was read
+
+
+def image_row(path: str, entry: int, event_id, plane: str, dim: int, pixels: int, cm: np.ndarray) -> dict:
+    """One per-image record of an evaluation: where it is, its pixel counts, 5-class and
+    track/shower accuracy and the efficiency of each class (None where undefined)."""
+    from .metrics import summarize
+
+    s = summarize(cm)
+    row = {"file": str(path), "entry": int(entry), "event_id": event_id, "plane": plane, "dim": int(dim),
+           "pixels": int(pixels), "scored_pixels": s["pixels"], "accuracy": s["accuracy"],
+           "track_shower_accuracy": s.get("track_shower_accuracy")}
+    row.update({f"efficiency_{name}": value for name, value in s["efficiency"].items()})
+    return row
+
+
+def evaluate(paths: list[str], planes=None, per_image=None) -> Evaluation:
+    """Confusion matrices of prediction files with truth labels, one per dimension.
+
+    Parameters
+    ----------
+    paths : list of str
+        Prediction files from :func:`predict_file` (``pred`` dataset and truth labels).
+    planes : sequence of str, optional
+        Score only the images of these planes (names matched without regard to case);
+        ``ValueError`` when one of them is in none of the files.
+    per_image : callable, optional
+        Called with :func:`image_row`'s dict for every scored image, in file order.
+    """
     from .io import EventFile
     from .metrics import ConfusionAccumulator
 
-    acc = ConfusionAccumulator()
+    result = Evaluation()
+    wanted = None if planes is None else {q.upper() for q in planes}
+    if planes is not None:  # every name must be somewhere (checked before any pixel is read)
+        seen: dict[str, str] = {}
+        for path in paths:
+            with EventFile(path) as f:
+                for i in range(len(f)):
+                    plane = _entry_plane(f, i)
+                    seen.setdefault(plane.upper(), plane)
+        missing = [q for q in planes if q.upper() not in seen]
+        if missing:
+            held = ", ".join(seen.values()) or "none"
+            raise ValueError(f"--planes {','.join(planes)}: no image of plane {', '.join(missing)} in "
+                             f"{', '.join(str(p) for p in paths)} (planes there: {held})")
+    skipped: dict[str, None] = {}
+    first_dim = None
     for path in paths:
         with EventFile(path) as f:
+            first_dim = f.D if first_dim is None else first_dim
             if "pred" not in f.extra_names:
                 raise ValueError(f"{path}: holds no predictions (no 'pred' dataset); make it with `sparseseg predict`")
+            no_id = np.iinfo(np.int64).min
             for i in range(len(f)):
+                plane = _entry_plane(f, i)
+                if wanted is not None and plane.upper() not in wanted:
+                    result.skipped += 1
+                    skipped[plane] = None
+                    continue
                 ev = f[i]
                 if ev.labels is None:
                     raise ValueError(f"{path}: has no truth labels to evaluate against")
-                acc.add(ev.labels, f.read_extra(i, "pred"), plane=ev.plane)
-    return acc
+                acc = result.by_dim.get(f.D)
+                if acc is None:
+                    acc = result.by_dim[f.D] = ConfusionAccumulator()
+                cm = acc.add(ev.labels, f.read_extra(i, "pred"), plane=plane)
+                if per_image is not None:
+                    eid = int(f.event_ids[i])
+                    per_image(image_row(path, i, None if eid == no_id else eid, plane, f.D, len(ev), cm))
+    if not result.by_dim and planes is None and first_dim is not None:
+        result.by_dim[first_dim] = ConfusionAccumulator()  # empty files still give an (empty) table
+    result.skipped_planes = tuple(skipped)
+    return result
+
+
+def evaluate_files(paths: list[str]):
+    """Confusion matrices (overall and per plane) of prediction files with truth labels, as
+    one :class:`~sparseseg.metrics.ConfusionAccumulator`. The files must all hold images of one
+    dimension (2D and 3D pixels are not pooled; :func:`evaluate` keeps them apart)."""
+    result = evaluate(paths)
+    if len(result.by_dim) > 1:
+        raise ValueError(f"{', '.join(str(p) for p in paths)}: hold both 2D and 3D images; their pixels are not "
+                         "pooled into one confusion matrix (use sparseseg.infer.evaluate, one matrix per dimension)")
+    return next(iter(result.by_dim.values()))

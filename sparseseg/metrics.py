@@ -277,8 +277,8 @@ class ConfusionAccumulator:
 
 
 def _plane_order(name: str) -> tuple[int, str]:
-    order = {"U": 0, "V": 1, "Y": 2, "3D": 3}
-    return (order.get(name, 4), name)
+    order = {"U": 0, "V": 1, "Y": 2, "2D": 3, "3D": 4}
+    return (order.get(name, 5), name)
 
 
 # ---------------------------------------------------------------------------- text table

@@ -22,6 +22,8 @@ from .event import Event
 
 __all__ = [
     "event_display",
+    "display_title",
+    "interaction_type",
     "confusion_heatmap",
     "loss_curve",
     "max_pool2d",
@@ -125,6 +127,48 @@ def pool_factor(shape: Sequence[int], max_width: int, max_height: int | None = N
     if max_height is not None:
         f = max(f, math.ceil(h / max(1, max_height)))
     return f
+
+
+# ---------------------------------------------------------------------------- titles
+INTERACTION_NAMES = {
+    "ccmu": "νμ CC",
+    "cce": "νe CC",
+    "ncpi0": "NC π0",
+    "bomb": "particle bomb",
+}
+"""Readable names of the simulator's topologies (meta ``topology``)."""
+
+_INTERACTION_KEYS = ("interaction_type", "interaction", "topology")
+
+
+def interaction_type(meta: dict[str, Any]) -> str | None:
+    """The interaction type of an event from its metadata, readable; None when it has none.
+
+    Looks for ``interaction_type``, ``interaction`` or the simulator's ``topology`` (e.g.
+    ``ccmu`` -> "νμ CC"; several interactions of one volume, ``bomb+ccmu``, are joined with
+    " + "). Unknown names are returned as they are.
+    """
+    for key in _INTERACTION_KEYS:
+        value = meta.get(key)
+        if value not in (None, ""):
+            return " + ".join(INTERACTION_NAMES.get(part, part) for part in str(value).split("+"))
+    return None
+
+
+def display_title(meta: dict[str, Any], source: str | None = None) -> str:
+    """Title of an event display: ``source`` (a file name), event id, interaction type, preset.
+
+    Parts that are unknown are left out, e.g. "events.h5  ·  event 3  ·  νμ CC  ·  uboone".
+    """
+    parts = [source] if source else []
+    if meta.get("event_id") is not None:
+        parts.append(f"event {meta['event_id']}")
+    kind = interaction_type(meta)
+    if kind:
+        parts.append(kind)
+    if meta.get("preset"):
+        parts.append(str(meta["preset"]))
+    return "  ·  ".join(parts)
 
 
 # ---------------------------------------------------------------------------- views
@@ -301,7 +345,8 @@ def event_display(
     out : str
         PNG path; parent folders are created.
     title : str, optional
-        Figure title; defaults to the event id from ``meta`` when there is one.
+        Figure title; defaults to :func:`display_title` of the first event's ``meta`` (event
+        id, interaction type, preset) when that is not empty.
     max_width_px : int
         Width of the PNG in pixels. Images are pooled (max for ADC, lowest code for labels)
         with one integer factor for all rows, so each panel shows at most one pooled pixel per
@@ -346,11 +391,15 @@ def event_display(
     has_pred = any(v.pred is not None for v in views)
     columns = ["ADC"] + (["truth"] if has_truth or not has_pred else []) + (["prediction"] if has_pred else [])
     ncols = len(columns)
+    is_3d = dims == {3}
+    value_name = "value (MeV)" if is_3d else "ADC"  # 3D voxel values are energies (PILArNet-style)
 
     # ---- layout in pixels (DPI = 100, so inches = px / 100)
     W = int(max_width_px)
     left, right, gap = 78, 14, 18
-    top = 30 + (30 if (title or planes[0].meta.get("event_id") is not None) else 0)
+    if title is None:
+        title = display_title(planes[0].meta) or None
+    top = 30 + (30 if title else 0)
     row_gap, bottom = 34, 104
     panel_w = (W - left - right - (ncols - 1) * gap) // ncols
     max_h = max(v.adc.shape[0] for v in views)
@@ -360,11 +409,6 @@ def event_display(
     row_h = [s[0] for s in sizes]
     H = top + sum(row_h) + row_gap * (len(views) - 1) + bottom
     px = 1.0 / DPI
-
-    if title is None and planes[0].meta.get("event_id") is not None:
-        title = f"event {planes[0].meta['event_id']}"
-        if planes[0].meta.get("preset"):
-            title += f"  ·  {planes[0].meta['preset']}"
 
     norm, is_log = _adc_norm(views)
     adc_cmap = _adc_cmap().with_extremes(bad=_PANEL_BG)
@@ -424,7 +468,7 @@ def event_display(
                         if col == "prediction" and v.accuracy is not None:
                             ax.text(0.995, 0.985, f"accuracy {v.accuracy:.3f}", transform=ax.transAxes, ha="right", va="top", fontsize=7, color="#c9ccd2")
                     if r == 0:
-                        ax.set_title(col, fontsize=10, pad=4, color=_FG)
+                        ax.set_title(value_name if col == "ADC" else col, fontsize=10, pad=4, color=_FG)
                     if c == 0:
                         ax.set_ylabel(v.ylabel, labelpad=2)
                     else:
@@ -435,7 +479,7 @@ def event_display(
                 fig.text(10 / W, (y0 + ph / 2) / H, v.name, rotation=90, ha="center", va="center", fontsize=13, weight="bold")
                 y_top = y0 - row_gap
 
-            # ---- ADC colour bar under the ADC column
+            # ---- ADC (3D: value) colour bar under the ADC column
             cb_w = min(panel_w, 360)
             cax = fig.add_axes((left / W, 52 / H, cb_w / W, 10 / H))
             cb = fig.colorbar(adc_im, cax=cax, orientation="horizontal")
@@ -447,7 +491,11 @@ def event_display(
                 cb.ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
                 cb.ax.xaxis.set_major_formatter(ScalarFormatter())
                 cb.ax.xaxis.set_minor_formatter(NullFormatter())
-            cb.set_label("ADC (max in block" + (", log scale)" if is_log else ")"), fontsize=8, labelpad=2)
+            if is_3d:
+                how = "max along the projection" + (" and in block" if f > 1 else "")
+                cb.set_label(f"value (MeV; {how}" + (", log scale)" if is_log else ")"), fontsize=8, labelpad=2)
+            else:
+                cb.set_label("ADC (max in block" + (", log scale)" if is_log else ")"), fontsize=8, labelpad=2)
 
             # ---- class legend under the label columns
             if ncols > 1:

@@ -162,8 +162,9 @@ def test_folders_given_as_files(files, tmp_path, capsys, monkeypatch):
         f"sparseseg evaluate: error: --plot {tmp_path / 'new'}/: is a directory; give a file name"
     assert error_line(["evaluate", files["events"], "--json", str(tmp_path / "none" / "m.json")], capsys) == \
         f"sparseseg evaluate: error: --json {tmp_path / 'none' / 'm.json'}: folder {tmp_path / 'none'} does not exist"
-    assert error_line(["show", files["events"], "-o", str(d)], capsys) == \
-        f"sparseseg show: error: -o {d}: is a directory; give a file name"
+    # show takes a folder (writing <folder>/event<ID>.png, see test_display_html), but not a missing one
+    assert error_line(["show", files["events"], "-o", str(tmp_path / "none") + "/"], capsys) == \
+        f"sparseseg show: error: -o {tmp_path / 'none'}/: folder {tmp_path / 'none'} does not exist"
     assert "is a directory" in error_line(["simulate", "--preset", "crop512", "-n", "1", "-q", "-o", str(d)], capsys)
     # a read-only folder (root ignores permission bits, so the check itself is faked)
     real = os.access

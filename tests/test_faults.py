@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -312,7 +313,8 @@ def test_resume_with_other_weights_or_input_is_refused(data, tmp_path, capsys, m
     code, text, err = cli(base + ["--weights", data["weights2"], "--restart"], capsys)
     assert code == 0 and "resumed" not in text, err
     whole = tmp_path / "whole.h5"
-    predict_file(data["events"], str(whole), Predictor(weights=data["weights2"]), progress=False)
+    command = "sparseseg " + shlex.join(base + ["--weights", data["weights2"], "--restart"])  # provenance
+    predict_file(data["events"], str(whole), Predictor(weights=data["weights2"]), progress=False, command=command)
     assert_identical(str(whole), str(out))
 
 
