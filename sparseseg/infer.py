@@ -20,7 +20,7 @@ import torch
 
 from .classes import CLASS_NAMES, class_index
 
-from .registry import default_weights, shipped_for
+from .registry import default_weights, sha256, shipped_for
 
 DEFAULT_WEIGHTS = {2: default_weights(2), 3: default_weights(3)}
 """Default segmentation weights per dimension (:mod:`sparseseg.registry`)."""
@@ -332,16 +332,6 @@ def same_path(a: str, b: str) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _sha256_file(path: str | Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _weights_path(predictor: Predictor, dim: int) -> Path:
     """The weights file the predictor uses for ``dim``-D events."""
     if predictor.weights:
@@ -468,7 +458,7 @@ def predict_file(path: str, output: str, predictor: Predictor, progress: bool = 
         if len(f):
             predictor.model(f.D)  # fail early on missing or mismatched weights
             wpath = _weights_path(predictor, f.D)
-            identity["weights_sha256"] = _sha256_file(wpath)
+            identity["weights_sha256"] = sha256(wpath)
             shipped = shipped_for(wpath)
             attrs["weights_name"] = shipped.name if shipped else ""
             attrs["weights_file"] = os.path.abspath(wpath)

@@ -5,6 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
+from sparseseg.classes import HIP, MIP
 from sparseseg.io import EventFile, PilarnetFile, read_pilarnet, write_events
 from sparseseg.io.pilarnet import map_labels
 
@@ -255,23 +256,37 @@ def test_info_reads_pilarnet(v2_file, capsys):
     assert "plane 3D:      3 images of 768 x 768 x 768" in out
 
 
-def test_predict_pilarnet_warns_on_mev_scale(tmp_path, capsys):
+def test_predict_pilarnet_with_the_shipped_3d_weights(tmp_path, capsys):
+    """The shipped 3D weights calibrate each volume (input_norm: mip): MeV inputs need no rescaling
+    and draw no scale warning; the track is segmented as a track."""
     from sparseseg import registry
     from sparseseg.cli import main
 
     path = _mev_file(tmp_path)
     out = str(tmp_path / "pred.h5")
     assert main(["predict", path, "-o", out, "--threads", "1", "-q"]) == 0
-    err = capsys.readouterr().err
-    assert ("feature values have median 0.7, but these weights were trained on ADC-like charge with median ~60"
-            in err)
+    assert "feature values have median" not in capsys.readouterr().err
     with EventFile(out) as f:
         assert len(f) == 1 and len(f[0]) == 40
         assert f.attrs["source_format"] == "pilarnet-m"
         assert f.attrs["weights_name"] == "uresnet3d"
         assert f.attrs["weights_sha256"] == registry.SHIPPED["uresnet3d"].sha256
         assert f.attrs["feature_units"] == "MeV"
-        assert f.read_extra(0, "pred").shape == (40,)
+        pred = f.read_extra(0, "pred")
+        assert pred.shape == (40,)
+        assert np.isin(pred, [HIP, MIP]).mean() >= 0.9  # a straight 0.7 MeV/voxel line is a track
+
+
+def test_scale_warning_for_weights_without_input_norm():
+    from sparseseg.event import Event
+    from sparseseg.infer import input_warnings
+
+    mev = Event(coords=np.array([[i, 0, 0] for i in range(40)], np.int32), features=np.full((40, 1), 0.7, np.float32),
+                shape=(768, 768, 768))
+    (w,) = input_warnings([mev], "none", 3)
+    assert w.startswith("feature values have median 0.7, but these weights were trained on ADC-like charge "
+                        "with median ~60")
+    assert input_warnings([mev], "mip", 3) == []
 
 
 def test_input_warnings_size_and_occupancy():

@@ -9,11 +9,9 @@ import torch
 
 from sparseseg import checkpoint
 from sparseseg.config import resolve
-from sparseseg.io import write_events
 from sparseseg.train import learning_rate, train
 
-from conftest import random_event
-from test_train import tiny_config
+from test_train import tiny_config, train_file  # noqa: F401 (fixture)
 
 
 def _t(**kw):
@@ -43,13 +41,6 @@ def test_step_and_constant_by_hand():
     assert learning_rate(4 + 85, t) == pytest.approx(0.01)  # and again at 85 %
     c = _t(schedule="constant")
     assert [learning_rate(s, c) for s in (3, 4, 50, 103)] == [1.0, 1.0, 1.0, 1.0]
-
-
-@pytest.fixture(scope="module")
-def train_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "train.h5"
-    write_events(str(path), [random_event((48, 40), 150, seed=s) for s in range(10)])
-    return path
 
 
 def test_logged_lr_follows_the_schedule(tmp_path, train_file):
