@@ -95,3 +95,7 @@ def test_wheel_runs_predict_with_default_weights_outside_the_tree(tmp_path):
     assert info["images"] == 3
     assert info["attrs"]["weights_name"] == "uresnet2d"
     assert info["attrs"]["weights_sha256"] == registry.SHIPPED["uresnet2d"].sha256
+    r = run("show", "ev.h5", "--pred", "pred.h5", "--event", "0", "-o", "ev.html")
+    assert r.returncode == 0, r.stderr
+    html = (work / "ev.html").read_text()
+    assert "<script src=" not in html and len(html) > 3_000_000  # plotly.js embedded: opens offline
