@@ -82,6 +82,10 @@ def main(argv=None) -> int:
     checkpoint.save(out, shipped)
     print(f"wrote {out}: {os.path.getsize(out) / 1e6:.2f} MB (from {os.path.getsize(args.checkpoint) / 1e6:.2f} MB), "
           f"step {shipped['step']}")
+    from sparseseg.registry import sha256
+
+    print(f"sha256 {sha256(out)}: put it in sparseseg/registry.py and the model card, and update "
+          "PINNED_PREDICTIONS in tests/test_regression.py")
     return 0
 
 
