@@ -23,22 +23,11 @@ from sparseseg.models import build_model
 
 from conftest import random_event
 
-torch.set_num_threads(1)
 CLASSES = ["HIP", "MIP", "shower", "delta", "Michel"]
 TINY = {"name": "uresnet", "dim": 2, "depth": 2, "filters": 4, "reps": 1}
 
 
-def cli(argv, capsys):
-    code = main(argv)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
-
-
-def error_line(argv, capsys):
-    code, out, err = cli(argv, capsys)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
-    return lines[0]
+from test_errors import cli, error_line  # noqa: E402  (the CLI helpers of the error tests)
 
 
 def _named(ev, meta):
