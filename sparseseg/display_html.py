@@ -28,7 +28,7 @@ import numpy as np
 
 from .classes import CLASS_COLORS, CLASS_NAMES, IGNORE, NUM_CLASSES
 from .event import Event
-from .plots import _accuracy, _check_pred, display_title
+from .plots import _accuracy, _check_pred, checked_planes, display_title
 
 __all__ = ["event_display_html"]
 
@@ -383,14 +383,7 @@ def event_display_html(
     except ImportError:
         raise ValueError("event_display_html: needs plotly (pip install 'plotly>=5.19')") from None
 
-    if isinstance(planes, Event):
-        planes = [planes]
-    planes = list(planes)
-    if not planes:
-        raise ValueError("event_display_html: planes is empty; expected at least one Event")
-    for i, ev in enumerate(planes):
-        if not isinstance(ev, Event):
-            raise ValueError(f"event_display_html: planes[{i}] is a {type(ev).__name__}, expected an Event")
+    planes = checked_planes(planes, "event_display_html")
     raw = _as_list(preds, len(planes), "prediction")
     sc = [_check_scores(s, ev, i) for i, (s, ev) in enumerate(zip(_as_list(scores, len(planes), "score"), planes))]
     pred_codes = []
@@ -427,15 +420,13 @@ def event_display_html(
         resize=_RESIZE_JS if dims == {2} else "",
     )
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    from .io.h5 import _removed_on_failure
+
     tmp = f"{out}.tmp{os.getpid()}"
-    try:
+    with _removed_on_failure(tmp):
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(html)
         os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return out
 
 

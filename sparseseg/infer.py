@@ -324,7 +324,6 @@ DEFAULT_CLIP = 300.0
 
 def same_path(a: str, b: str) -> bool:
     """True when ``a`` and ``b`` name the same file (or would, once created)."""
-    import os
 
     try:
         return os.path.samefile(a, b)
@@ -348,7 +347,6 @@ def _input_identity(path: str, f) -> dict:
     """Size, modification time and a hash of the offsets and attributes of an input file."""
     import hashlib
     import json
-    import os
 
     st = os.stat(path)
     offsets = getattr(f, "offsets", None)  # a PILArNet-M file has none (its size and mtime stand for it)
@@ -518,7 +516,6 @@ def output_paths(inputs: list[str], output: str, shard: tuple[int, int]) -> list
     for p in inputs:
         if not Path(p).exists():
             raise FileNotFoundError(f"input file {p} does not exist")
-    import os
 
     if len(inputs) == 1 and not Path(output).is_dir() and not output.endswith(("/", os.sep)):
         pairs = [(inputs[0], output)]

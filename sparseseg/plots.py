@@ -202,6 +202,20 @@ def _display_codes(codes: np.ndarray) -> np.ndarray:
     return c
 
 
+def checked_planes(planes, who: str) -> list[Event]:
+    """``planes`` (one Event or a sequence of them) as a non-empty list of Events; ValueError
+    naming ``who`` otherwise."""
+    if isinstance(planes, Event):
+        planes = [planes]
+    planes = list(planes)
+    if not planes:
+        raise ValueError(f"{who}: planes is empty; expected at least one Event")
+    for i, ev in enumerate(planes):
+        if not isinstance(ev, Event):
+            raise ValueError(f"{who}: planes[{i}] is a {type(ev).__name__}, expected an Event")
+    return planes
+
+
 def _check_pred(pred: Any, event: Event, i: int) -> np.ndarray:
     p = np.asarray(pred)
     if p.ndim == 2 and p.shape[0] == len(event) and p.shape[1] == NUM_CLASSES:
@@ -361,16 +375,9 @@ def event_display(
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    if isinstance(planes, Event):
-        planes = [planes]
-        if preds is not None and not isinstance(preds, (list, tuple)):
-            preds = [preds]
-    planes = list(planes)
-    if not planes:
-        raise ValueError("event_display: planes is empty; expected at least one Event")
-    for i, ev in enumerate(planes):
-        if not isinstance(ev, Event):
-            raise ValueError(f"event_display: planes[{i}] is a {type(ev).__name__}, expected an Event")
+    if isinstance(planes, Event) and preds is not None and not isinstance(preds, (list, tuple)):
+        preds = [preds]
+    planes = checked_planes(planes, "event_display")
     if preds is not None:
         preds = list(preds)
         if len(preds) != len(planes):
