@@ -266,7 +266,10 @@ def error_cases(m: Matrix, work: str, events: str, weights: str) -> None:
     case("simulate -o an existing folder", ["simulate", "--preset", "crop512", "-n", "1", "-q", "-o", folder],
          "is a directory")
     case("evaluate --json an existing folder", ["evaluate", events, "--json", folder], "is a directory")
-    case("show -o an existing folder", ["show", events, "-o", folder], "is a directory")
+    shown = sparseseg(["show", events, "-o", folder])  # a folder receives event<ID>.png (README)
+    pngs = [n for n in os.listdir(folder) if n.startswith("event") and n.endswith(".png")]
+    m.check("show -o an existing folder writes event<ID>.png inside it", shown.returncode == 0 and len(pngs) == 1,
+            f"exit {shown.returncode}, files {sorted(os.listdir(folder))}, stderr {last_line(shown.stderr)!r}")
     for argv in (pred + ["-o", j("t.h5"), "--threads", "-1"], ["demo", "--out", j("demo"), "--threads", "-1"],
                  ["robustness", "--threads", "-1"]):
         case(f"{argv[0]} --threads -1", argv, "--threads -1: must be at least 1", forbidden=j("t.h5"))
