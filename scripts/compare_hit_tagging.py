@@ -33,23 +33,25 @@ print(json.dumps(r))
 def score(pred_path: str) -> dict:
     from sklearn.metrics import roc_auc_score, roc_curve
 
+    from sparseseg.classes import IGNORE, MICHEL
     from sparseseg.io import EventFile
+    from sparseseg.metrics import confusion_matrix, summarize
 
     labels, preds, michel = [], [], []
     with EventFile(pred_path) as f:
         for i in range(len(f)):
             ev = f[i]
-            keep = ev.labels != 255
+            keep = ev.labels != IGNORE
             labels.append(ev.labels[keep])
             preds.append(f.read_extra(i, "pred")[keep])
             michel.append(f.read_extra(i, "scores")[keep, 4].astype(np.float32))
     t, p, m = np.concatenate(labels), np.concatenate(preds), np.concatenate(michel)
-    t_trk, p_trk = t <= 1, p <= 1
-    out = {"pixels": int(len(t)), "track_em_accuracy": float((t_trk == p_trk).mean())}
-    for name, tt, pp in (("track", t_trk, p_trk), ("EM", ~t_trk, ~p_trk)):
-        out[f"{name}_efficiency"] = float((tt & pp).sum() / max(1, tt.sum()))
-        out[f"{name}_purity"] = float((tt & pp).sum() / max(1, pp.sum()))
-    truth = t == 4
+    s = summarize(confusion_matrix(t, p))
+    out = {"pixels": int(len(t)), "track_em_accuracy": s["track_shower_accuracy"]}
+    for name, key in (("track", "track"), ("EM", "shower")):
+        out[f"{name}_efficiency"] = s["track_shower_efficiency"][key] or 0.0
+        out[f"{name}_purity"] = s["track_shower_purity"][key] or 0.0
+    truth = t == MICHEL
     out["michel_pixels"] = int(truth.sum())
     if 0 < truth.sum() < len(truth):
         fpr, tpr, _ = roc_curve(truth, m)

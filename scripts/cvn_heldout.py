@@ -30,7 +30,8 @@ def main(argv=None) -> int:
 
     from sparseseg.checkpoint import load
     from sparseseg.export import dense_from
-    from sparseseg.models.cvn import CVN_CLASSES, classification_table, cvn_dataset
+    from sparseseg.metrics import classification_table
+    from sparseseg.models.cvn import CVN_CLASSES, cvn_dataset
     from sparseseg.plots import confusion_heatmap
 
     ckpt = load(args.weights)
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
         for i in range(0, len(x), 8):
             preds.append(model(torch.from_numpy(x[i:i + 8])).argmax(1).numpy())
     t_net = (time.perf_counter() - t0) / max(1, len(x))
-    table = classification_table(y, np.concatenate(preds))
+    table = classification_table(y, np.concatenate(preds), len(CVN_CLASSES), CVN_CLASSES)
     print(f"{len(y)} held-out {preset} interactions (seed {args.seed}); accuracy {table['accuracy']:.3f}; "
           f"{t_net * 1e3:.0f} ms per interaction ({torch.get_num_threads()} threads), simulation {t_sim:.0f} s")
     print(f"{'class':10s} {'truth':>6s} {'efficiency':>10s} {'purity':>7s}")

@@ -567,7 +567,8 @@ EXPORT_FORMATS = {".pt": "torchscript", ".ts": "torchscript", ".torchscript": "t
 
 
 def cmd_roi_eval(args) -> None:
-    from .roi import DEFAULT_ANGLES, DEFAULT_ENERGIES, format_roi_tables, load_roi_models, roi_evaluate
+    from .roi import (DEFAULT_ANGLES, DEFAULT_ENERGIES, format_roi_summary, format_roi_tables, load_roi_models, roi_cost,
+                      roi_evaluate, roi_summary)
 
     models = load_roi_models(args.models or [])
     if args.threads:
@@ -577,7 +578,22 @@ def cmd_roi_eval(args) -> None:
     res = roi_evaluate(models, angles=angles, energies=energies, n_events=args.n, seed=args.seed,
                        threshold=args.threshold, out_dir=args.out, progress=not args.quiet)
     print(format_roi_tables(res))
-    for f in res.get("files", []):
+    cost = {}
+    if not args.no_bench and models:
+        if not args.quiet:
+            print("roi-eval: timing each network on a full U plane (3 x 2400 x 600) ...", file=sys.stderr, flush=True)
+        cost = roi_cost(models, threads=args.threads)
+    rows = roi_summary(res, cost)
+    print("\nSummary (tracks: theta_xz scan; showers: mean over the energy scan; time and peak memory: one "
+          "full U plane, 3 x 2400 x 600)")
+    print(format_roi_summary(rows))
+    files = res.get("files", [])
+    if args.out:
+        out = Path(args.out)
+        (out / "roi_summary.md").write_text(format_roi_summary(rows, markdown=True) + "\n")
+        (out / "roi_summary.json").write_text(json.dumps({"rows": rows, "bench": cost}, indent=2, default=float))
+        files += [str(out / "roi_summary.md"), str(out / "roi_summary.json")]
+    for f in files:
         print(f"wrote {f}")
 
 
@@ -792,7 +808,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "wire x tick waveforms with noise, find signal ROIs with the traditional threshold method "
                                    "and with ROI networks, and report charge bias, resolution, inefficiency and the shower "
                                    "charge profile, as tables and plots.")
-    s.add_argument("models", nargs="*", help="ROI checkpoints, or model names for untrained networks (pipeline check)")
+    s.add_argument("models", nargs="*", help="ROI checkpoints, or model names for untrained networks (pipeline check); "
+                                             "default: every shipped ROI network (UNet, MobileNetV2, MobileNetV3, Transformer)")
     s.add_argument("-n", type=int, default=4, help="events per scan point (default: 4)")
     s.add_argument("--seed", type=int, default=0, help="simulator seed (default: 0)")
     s.add_argument("--angles", help="theta_xz values in degrees, comma separated (default: 0,10,...,80,85)")
@@ -800,6 +817,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, default=0.5, help="network score threshold (default: 0.5)")
     s.add_argument("--threads", type=int, default=0, help="CPU threads, 1 or more (default: 0, torch's choice)")
     s.add_argument("--out", default="roi_eval", help="folder for roi_metrics.json, roi_tables.txt and plots")
+    s.add_argument("--no-bench", action="store_true", help="skip timing each network on a full plane")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress")
     s.set_defaults(func=cmd_roi_eval)
 

@@ -1,4 +1,5 @@
-"""Segmentation metrics: confusion matrices, efficiency/purity/IoU, track/shower collapse.
+"""Metrics: confusion matrices, efficiency/purity/IoU, track/shower collapse, event-classifier
+tables and binary (signal / not signal) scores. Every confusion matrix of the package is built here.
 
 Conventions
 -----------
@@ -28,6 +29,9 @@ from .classes import (
 
 __all__ = [
     "confusion_matrix",
+    "classification_table",
+    "format_classification_table",
+    "binary_scores",
     "ConfusionAccumulator",
     "summarize",
     "format_table",
@@ -202,6 +206,63 @@ def summarize(cm: np.ndarray, class_names: Sequence[str] = CLASS_NAMES) -> dict[
         out["track_shower_efficiency"] = dict(zip(TRACK_SHOWER_NAMES, _ratio(ts_tp, ts.sum(axis=1))))
         out["track_shower_purity"] = dict(zip(TRACK_SHOWER_NAMES, _ratio(ts_tp, ts.sum(axis=0))))
     return _clean(out)
+
+
+# ---------------------------------------------------------------------------- classifiers
+def classification_table(y_true, y_pred, num_classes: int, class_names: Sequence[str]) -> dict:
+    """Confusion matrix, efficiency and purity of an event classifier.
+
+    Parameters
+    ----------
+    y_true, y_pred : int arrays (N,)
+        True and predicted class indices in 0..num_classes-1.
+
+    Returns
+    -------
+    dict with ``confusion`` (num_classes, num_classes) counts, rows = truth, columns =
+    prediction; ``efficiency`` per class (diagonal / row sum: the fraction of true class-c
+    events selected as c); ``purity`` per class (diagonal / column sum: the fraction of events
+    selected as c that are c); ``accuracy``; ``classes``. Undefined ratios are NaN.
+    """
+    t = np.asarray(y_true, dtype=np.int64).ravel()
+    p = np.asarray(y_pred, dtype=np.int64).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"classification_table: y_true {t.shape} and y_pred {p.shape} differ in length")
+    for name, a in (("y_true", t), ("y_pred", p)):
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
+            raise ValueError(f"classification_table: {name} values must be in 0..{num_classes - 1}")
+    cm = confusion_matrix(t, p, num_classes)
+    diag = np.diag(cm)
+    return {"classes": list(class_names)[:num_classes], "confusion": cm.tolist(),
+            "efficiency": _ratio(diag, cm.sum(axis=1)).tolist(), "purity": _ratio(diag, cm.sum(axis=0)).tolist(),
+            "accuracy": float(_ratio(diag.sum(), cm.sum()))}
+
+
+def format_classification_table(table: dict) -> str:
+    """Text table: confusion matrix (rows = truth) with efficiency and purity per class."""
+    names = table["classes"]
+    width = max(10, max(len(n) for n in names) + 2)
+    lines = ["truth \\ pred".ljust(width) + "".join(n.rjust(width) for n in names) + "efficiency".rjust(12)]
+    for i, n in enumerate(names):
+        lines.append(n.ljust(width) + "".join(str(c).rjust(width) for c in table["confusion"][i])
+                     + f"{100 * table['efficiency'][i]:11.1f}%")
+    lines.append("purity".ljust(width) + "".join(f"{100 * v:{width - 1}.1f}%" for v in table["purity"]))
+    lines.append(f"accuracy {100 * table['accuracy']:.1f}%")
+    return "\n".join(lines)
+
+
+def binary_scores(truth: Any, selected: Any) -> dict[str, float]:
+    """Accuracy, and the efficiency, purity and IoU of the positive class, of a yes/no
+    selection (boolean arrays of one shape). A ratio with a zero denominator is 0.0 (as a
+    training log needs a number)."""
+    cm = confusion_matrix(np.asarray(truth, bool).ravel(), np.asarray(selected, bool).ravel(), 2)
+    tp, fn, fp = cm[1, 1], cm[1, 0], cm[0, 1]
+
+    def r(a, b):
+        return float(a / b) if b else 0.0
+
+    return {"accuracy": r(np.trace(cm), cm.sum()), "efficiency": r(tp, tp + fn), "purity": r(tp, tp + fp),
+            "iou": r(tp, tp + fp + fn), "counts": cm.tolist()}
 
 
 # ---------------------------------------------------------------------------- accumulator

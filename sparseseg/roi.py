@@ -75,6 +75,11 @@ __all__ = [
     "roi_evaluate",
     "format_roi_tables",
     "plot_roi_metrics",
+    "roi_summary",
+    "format_roi_summary",
+    "roi_cost",
+    "load_roi_models",
+    "shipped_roi_weights",
     "DEFAULT_ANGLES",
     "DEFAULT_ENERGIES",
 ]
@@ -632,12 +637,30 @@ def plot_roi_metrics(res: dict[str, Any], out_dir: str | Path) -> list[str]:
     return files
 
 
+ROI_LABELS = {"roi-unet": "UNet", "roi-mobilenetv2": "MobileNetV2", "roi-mobilenetv3": "MobileNetV3",
+              "roi-transformer": "Transformer"}
+"""Table label of each ROI network family (the shipped weights are shown under these)."""
+
+
+def shipped_roi_weights() -> dict[str, Path]:
+    """Label -> file of every shipped ROI network, in :data:`ROI_LABELS` order."""
+    from . import registry
+
+    files = {s.config.removesuffix(".yaml").replace("_", "-"): s.path for s in registry.SHIPPED.values()
+             if s.config.startswith("roi_")}
+    return {label: files[name] for name, label in ROI_LABELS.items() if name in files}
+
+
 def load_roi_models(specs: Iterable[str]) -> dict[str, Any]:
     """ROI networks from command-line specs: a checkpoint path (label: file stem) or a model
-    name (random weights -- only to check the pipeline)."""
+    name (random weights -- only to check the pipeline). No specs: every shipped ROI network,
+    labelled by family (:data:`ROI_LABELS`)."""
     from .export import load_dense_checkpoint
     from .models import MODELS, build_model
 
+    specs = list(specs)
+    if not specs:
+        return {label: load_dense_checkpoint(path)[0] for label, path in shipped_roi_weights().items()}
     out = {}
     for spec in specs:
         if spec in MODELS:
@@ -650,4 +673,89 @@ def load_roi_models(specs: Iterable[str]) -> dict[str, Any]:
             if not name.startswith("roi-"):
                 raise ValueError(f"weights file {spec}: holds {name!r}, not an ROI model")
             out[Path(spec).stem] = model
+    return out
+
+
+SUMMARY_ANGLES = (0, 40, 60, 80, 85)
+"""theta_xz values (deg) of the summary table (those of the DNN-ROI comparison)."""
+
+
+def roi_summary(res: dict[str, Any], cost: dict[str, dict] | None = None) -> list[dict[str, Any]]:
+    """One row per method of a :func:`roi_evaluate` result: the track charge bias at each of
+    :data:`SUMMARY_ANGLES` that was scanned, the mean |bias| and mean resolution over all
+    scanned angles, the inefficiency at the largest angle, the showers' mean bias, mean
+    resolution and mean charge-profile ratio over the energies, and -- when ``cost`` maps a
+    method to a ``sparseseg bench`` row -- the time and peak memory on a full plane."""
+    rows = []
+    for m in res["methods"]:
+        tr, sh = res["tracks"][m], res["showers"][m]
+        row: dict[str, Any] = {"method": m}
+        for a in SUMMARY_ANGLES:
+            if f"{a:g}" in tr:
+                row[f"bias_{a:g}"] = tr[f"{a:g}"]["bias"]
+        if tr:
+            row["mean_abs_bias"] = float(np.nanmean([abs(v["bias"]) for v in tr.values()]))
+            row["mean_resolution"] = float(np.nanmean([v["resolution"] for v in tr.values()]))
+            last = max(tr, key=float)
+            row[f"inefficiency_{last}"] = tr[last]["inefficiency"]
+        if sh:
+            row["shower_bias"] = float(np.nanmean([v["bias"] for v in sh.values()]))
+            row["shower_resolution"] = float(np.nanmean([v["resolution"] for v in sh.values()]))
+            row["shower_profile"] = float(np.nanmean([v.get("profile", np.nan) for v in sh.values()]))
+        c = (cost or {}).get(m)
+        if c and "error" not in c:
+            row["time_s"] = c["time_s_median"]
+            row["peak_mem_mb"] = c["peak_mem_mb"]
+        rows.append(row)
+    return rows
+
+
+_SUMMARY_HEADS = {"method": "method", "mean_abs_bias": "mean abs. bias %", "mean_resolution": "mean res. %",
+                  "shower_bias": "shower bias %", "shower_resolution": "shower res. %",
+                  "shower_profile": "shower profile", "time_s": "time s", "peak_mem_mb": "peak MB"}
+
+
+def _summary_head(key: str) -> str:
+    if key.startswith("bias_"):
+        return f"bias {key[5:]} deg %"
+    if key.startswith("inefficiency_"):
+        return f"ineff. {key[13:]} deg %"
+    return _SUMMARY_HEADS[key]
+
+
+def format_roi_summary(rows: list[dict[str, Any]], markdown: bool = False) -> str:
+    """:func:`roi_summary` rows as a text (or Markdown) table, one column per figure."""
+    keys = [k for k in rows[0]] if rows else []
+    for r in rows[1:]:
+        keys += [k for k in r if k not in keys]
+    heads = [_summary_head(k) for k in keys]
+
+    def cell(r, k):
+        v = r.get(k)
+        if v is None:
+            return "-"
+        if isinstance(v, str):
+            return v
+        return f"{v:.3f}" if k in ("shower_profile", "time_s") else (f"{v:.0f}" if k == "peak_mem_mb" else f"{v:.1f}")
+
+    body = [[cell(r, k) for k in keys] for r in rows]
+    if markdown:
+        out = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(keys))) + "|"]
+        return "\n".join(out + ["| " + " | ".join(b) + " |" for b in body])
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(heads)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return "\n".join([fmt(heads)] + [fmt(b) for b in body])
+
+
+def roi_cost(models: dict[str, Any], threads: int = 0, reps: int = 3) -> dict[str, dict]:
+    """``sparseseg bench`` rows (time and peak memory on a full U plane, 3 x 2400 x 600) for
+    each network of ``models``, each measured in its own process (the architecture's default
+    configuration, which every shipped ROI network uses)."""
+    from .bench import run_worker
+    from .models.unet import ROI_MODELS
+
+    out = {}
+    for label, model in models.items():
+        name = next(n for n, cls in ROI_MODELS.items() if type(model) is cls)
+        out[label] = run_worker({"model": name, "threads": threads, "reps": reps})
     return out

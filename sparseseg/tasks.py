@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .metrics import binary_scores, classification_table
+
 
 class _StepData(torch.utils.data.Dataset):
     """Item s = ``accumulate`` micro-batches (x, y) made by ``make(n, index)``; micro-batch j of
@@ -106,19 +108,15 @@ class ROITask:
         was = model.training
         model.eval()
         x, y = val
-        loss, tp, fp, fn, right = 0.0, 0, 0, 0, 0
+        loss, sel = 0.0, []
         for i in range(0, len(x), batch_size):
             xb, yb = torch.from_numpy(x[i : i + batch_size]), torch.from_numpy(y[i : i + batch_size])
             prob = model(xb)
             loss += float(self._loss(prob, yb)) * len(xb)
-            p, t = prob > 0.5, yb > 0.5
-            tp += int((p & t).sum())
-            fp += int((p & ~t).sum())
-            fn += int((~p & t).sum())
-            right += int((p == t).sum())
+            sel.append((prob > 0.5).numpy())
         model.train(was)
-        return {"loss": loss / max(1, len(x)), "accuracy": right / max(1, y.size),
-                "iou": tp / max(1, tp + fp + fn), "efficiency": tp / max(1, tp + fn), "purity": tp / max(1, tp + fp)}
+        scores = binary_scores(y > 0.5, np.concatenate(sel) if sel else np.zeros(y.shape, bool))
+        return {"loss": loss / max(1, len(x)), **{k: scores[k] for k in ("accuracy", "iou", "efficiency", "purity")}}
 
 
 class CVNTask:
@@ -159,7 +157,6 @@ class CVNTask:
     @torch.no_grad()
     def evaluate(self, model, val, batch_size: int = 8) -> dict[str, Any]:
         """Cross-entropy, accuracy, and per-class efficiency and purity."""
-        from .models.cvn import classification_table
 
         was = model.training
         model.eval()
@@ -171,7 +168,7 @@ class CVNTask:
             loss += float(self._loss(logits, yb)) * len(xb)
             preds.append(logits.argmax(1).numpy())
         model.train(was)
-        table = classification_table(y, np.concatenate(preds) if preds else np.zeros(0, np.int64))
+        table = classification_table(y, np.concatenate(preds) if preds else np.zeros(0, np.int64), len(self.classes), self.classes)
         return {"loss": loss / max(1, len(x)), "accuracy": table["accuracy"],
                 "efficiency": dict(zip(self.classes, table["efficiency"])),
                 "purity": dict(zip(self.classes, table["purity"])), "confusion": table["confusion"]}
@@ -245,10 +242,10 @@ class PatchTask:
         loss = float(self._loss(raw, y)) if len(x) else 0.0
         model.train(was)
         p = torch.sigmoid(raw[:, 3]).numpy()
-        sel, true = p > 0.5, mich > 0.5
+        true = mich > 0.5
+        scores = binary_scores(true, p > 0.5)
         return {"loss": loss, "accuracy": self._correct(raw, y)[0] / max(1, len(x)),
-                "michel_efficiency": float((sel & true).sum() / max(1, true.sum())),
-                "michel_purity": float((sel & true).sum() / max(1, sel.sum())),
+                "michel_efficiency": scores["efficiency"], "michel_purity": scores["purity"],
                 "michel_auc": float(roc_auc_score(true, p)) if 0 < true.sum() < len(true) else None}
 
 

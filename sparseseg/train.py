@@ -23,6 +23,7 @@ from . import __version__, checkpoint
 from .classes import CLASS_NAMES, IGNORE, NUM_CLASSES
 from .config import resolve
 from .losses import weighted_cross_entropy
+from .metrics import confusion_matrix, summarize
 from .weighting import WeightConfig, pixel_weights
 
 
@@ -251,17 +252,14 @@ def evaluate_events(model, events, batch_size: int = 8) -> dict[str, Any]:
         if n:
             loss_sum += float(weighted_cross_entropy(logits, labels)) * n
             n_sum += n
-            pred = logits.argmax(1)[valid].numpy()
-            cm += np.bincount(labels[valid].numpy() * NUM_CLASSES + pred, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+            cm += confusion_matrix(labels[valid].numpy(), logits.argmax(1)[valid].numpy())
     model.train(was_training)
-    rows = cm.sum(1)
-    eff = {name: (float(cm[c, c] / rows[c]) if rows[c] else None) for c, name in enumerate(CLASS_NAMES)}
-    track = cm[:2, :2].sum() + cm[2:, 2:].sum()
+    s = summarize(cm)
     return {
         "loss": loss_sum / max(1, n_sum),
-        "accuracy": float(np.trace(cm) / max(1, cm.sum())),
-        "track_shower_accuracy": float(track / max(1, cm.sum())),
-        "efficiency": eff,
+        "accuracy": s["accuracy"] or 0.0,
+        "track_shower_accuracy": s["track_shower_accuracy"] or 0.0,
+        "efficiency": s["efficiency"],
     }
 
 

@@ -5,7 +5,8 @@ import torch
 
 from sparseseg import Event
 from sparseseg.models import MODELS, build_model
-from sparseseg.models.cvn import SEResBlock, classification_table, format_classification_table
+from sparseseg.metrics import classification_table, format_classification_table
+from sparseseg.models.cvn import CVN_CLASSES, SEResBlock
 from sparseseg.models.dense_uresnet import convert_sparse_state_dict, densify, predict_events
 from sparseseg.models.unet import SqueezeExcite
 
@@ -102,7 +103,7 @@ def test_squeeze_excite_scales_channels():
 
 
 def test_classification_table_hand_example():
-    t = classification_table([0, 0, 0, 1, 1, 2, 2, 2], [0, 0, 1, 1, 2, 2, 2, 0])
+    t = classification_table([0, 0, 0, 1, 1, 2, 2, 2], [0, 0, 1, 1, 2, 2, 2, 0], 3, CVN_CLASSES)
     assert t["confusion"] == [[2, 1, 0], [0, 1, 1], [1, 0, 2]]
     np.testing.assert_allclose(t["efficiency"], [2 / 3, 1 / 2, 2 / 3])
     np.testing.assert_allclose(t["purity"], [2 / 3, 1 / 2, 2 / 3])
@@ -110,7 +111,7 @@ def test_classification_table_hand_example():
     text = format_classification_table(t)
     assert "nu_mu CC" in text and "purity" in text
     with pytest.raises(ValueError):
-        classification_table([0, 3], [0, 1])
+        classification_table([0, 3], [0, 1], 3, CVN_CLASSES)
 
 
 def test_model_table_has_dense_models():

@@ -132,3 +132,32 @@ def test_roi_evaluate_tables_and_plots(tmp_path):
     assert data["tracks"]["unet"]["0"]["n_valid"] == trad["0"]["n_valid"]
     text = (tmp_path / "roi_tables.txt").read_text()
     assert "tracks: bias (%)" in text and "showers: profile (ratio)" in text
+
+
+def test_roi_summary_rows_by_hand():
+    from sparseseg.roi import format_roi_summary, roi_summary
+
+    def m(bias, res, ineff=0.0, profile=None):
+        d = {"bias": bias, "resolution": res, "inefficiency": ineff}
+        if profile is not None:
+            d["profile"] = profile
+        return d
+
+    res = {"methods": ["traditional", "UNet"],
+           "tracks": {"traditional": {"0": m(-1.0, 10.0), "40": m(-8.0, 20.0), "80": m(-50.0, 30.0, ineff=40.0)},
+                      "UNet": {"0": m(-3.0, 12.0), "40": m(4.0, 14.0), "80": m(-20.0, 16.0, ineff=5.0)}},
+           "showers": {"traditional": {"100": m(-4.0, 20.0, profile=0.9), "500": m(-10.0, 30.0, profile=0.95)},
+                       "UNet": {"100": m(-6.0, 11.0, profile=0.93), "500": m(-8.0, 13.0, profile=0.97)}}}
+    cost = {"UNet": {"time_s_median": 1.5, "peak_mem_mb": 1010.4}}
+    rows = roi_summary(res, cost)
+    assert rows[0] == {"method": "traditional", "bias_0": -1.0, "bias_40": -8.0, "bias_80": -50.0,
+                       "mean_abs_bias": 59.0 / 3, "mean_resolution": 20.0, "inefficiency_80": 40.0,
+                       "shower_bias": -7.0, "shower_resolution": 25.0, "shower_profile": pytest.approx(0.925)}
+    assert rows[1]["mean_abs_bias"] == 9.0 and rows[1]["time_s"] == 1.5 and rows[1]["peak_mem_mb"] == 1010.4
+    assert rows[1]["shower_profile"] == pytest.approx(0.95)
+    text = format_roi_summary(rows).splitlines()
+    assert text[0].split("  ")[0] == "method" and "bias 80 deg %" in text[0] and "peak MB" in text[0]
+    assert text[1].split()[:4] == ["traditional", "-1.0", "-8.0", "-50.0"] and text[1].split()[-2:] == ["-", "-"]
+    assert text[2].split()[-2:] == ["1.500", "1010"]
+    md = format_roi_summary(rows, markdown=True).splitlines()
+    assert md[0].startswith("| method | bias 0 deg % |") and md[2].startswith("| traditional | -1.0 | -8.0 | -50.0 | 19.7 |")

@@ -6,7 +6,8 @@ concatenated along channels and the merged tensor goes through further SE-ResNet
 global average pooling and a linear layer to the classes nu_mu CC, nu_e CC, NC.
 
 Also here: :func:`cvn_dataset` (dense 3-view images of simulated ccmu / cce / ncpi0
-interactions) and :func:`classification_table` (confusion matrix, efficiency, purity).
+interactions); its confusion matrix, efficiency and purity come from
+:func:`sparseseg.metrics.classification_table`.
 """
 from __future__ import annotations
 
@@ -28,8 +29,6 @@ __all__ = [
     "CVN",
     "build_cvn",
     "cvn_dataset",
-    "classification_table",
-    "format_classification_table",
 ]
 
 CVN_CLASSES = ("nu_mu CC", "nu_e CC", "NC")
@@ -196,49 +195,3 @@ def cvn_dataset(n: int, seed: int = 0, size: int = 500, start: int = 0, preset: 
         labels[k] = TOPOLOGY_CLASS[truth.topology]
         k += 1
     return images, labels
-
-
-# --------------------------------------------------------------------------- metrics
-def classification_table(y_true, y_pred, num_classes: int = 3, class_names: Sequence[str] = CVN_CLASSES) -> dict:
-    """Confusion matrix, efficiency and purity of an event classifier.
-
-    Parameters
-    ----------
-    y_true, y_pred : int arrays (N,)
-        True and predicted class indices in 0..num_classes-1.
-
-    Returns
-    -------
-    dict with ``confusion`` (num_classes, num_classes) counts, rows = truth, columns =
-    prediction; ``efficiency`` per class (diagonal / row sum: the fraction of true class-c
-    events selected as c); ``purity`` per class (diagonal / column sum: the fraction of events
-    selected as c that are c); ``accuracy``; ``classes``. Undefined ratios are NaN.
-    """
-    t = np.asarray(y_true, dtype=np.int64).ravel()
-    p = np.asarray(y_pred, dtype=np.int64).ravel()
-    if t.shape != p.shape:
-        raise ValueError(f"classification_table: y_true {t.shape} and y_pred {p.shape} differ in length")
-    for name, a in (("y_true", t), ("y_pred", p)):
-        if a.size and (a.min() < 0 or a.max() >= num_classes):
-            raise ValueError(f"classification_table: {name} values must be in 0..{num_classes - 1}")
-    cm = np.bincount(t * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes)
-    diag = np.diag(cm).astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        eff = diag / cm.sum(axis=1)
-        pur = diag / cm.sum(axis=0)
-    acc = float(diag.sum() / cm.sum()) if cm.sum() else float("nan")
-    names = list(class_names)[:num_classes]
-    return {"classes": names, "confusion": cm.tolist(), "efficiency": eff.tolist(), "purity": pur.tolist(), "accuracy": acc}
-
-
-def format_classification_table(table: dict) -> str:
-    """Text table: confusion matrix (rows = truth) with efficiency and purity per class."""
-    names = table["classes"]
-    width = max(10, max(len(n) for n in names) + 2)
-    lines = ["truth \\ pred".ljust(width) + "".join(n.rjust(width) for n in names) + "efficiency".rjust(12)]
-    for i, n in enumerate(names):
-        lines.append(n.ljust(width) + "".join(str(c).rjust(width) for c in table["confusion"][i])
-                     + f"{100 * table['efficiency'][i]:11.1f}%")
-    lines.append("purity".ljust(width) + "".join(f"{100 * v:{width - 1}.1f}%" for v in table["purity"]))
-    lines.append(f"accuracy {100 * table['accuracy']:.1f}%")
-    return "\n".join(lines)
