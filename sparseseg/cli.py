@@ -25,8 +25,9 @@ typical session:
   sparseseg train --config configs/uresnet2d.yaml --out runs/2d    # train your own
   sparseseg demo                                                   # all of the above, small
 
-Run `sparseseg COMMAND --help` for the options of a command. Errors exit with status 2
-and a one-line message; add --debug to see the Python traceback.
+Run `sparseseg COMMAND --help` for the options of a command. Errors in the input exit with
+status 2 and a one-line message; a failure inside sparseseg itself (a bug) says so and exits
+with status 70. Add --debug to see the Python traceback.
 """
 
 
@@ -921,6 +922,26 @@ def _stdout_gone() -> int:
     return 1
 
 
+def raised_on_purpose(err: BaseException) -> bool:
+    """Whether ``err`` was raised by a ``raise`` statement in sparseseg's own code -- a check
+    of the input, with a message written for the user -- rather than by a failing operation
+    (an index out of range, a shape mismatch inside torch or numpy), which is a bug."""
+    import linecache
+
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = Path(tb.tb_frame.f_code.co_filename).resolve()
+    if PACKAGE_DIR not in path.parents:
+        return False
+    return linecache.getline(str(path), tb.tb_lineno).lstrip().startswith("raise")
+
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -953,6 +974,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError, FileNotFoundError, FileExistsError, IndexError) as err:
         if args.debug:
             raise
+        if not isinstance(err, (UsageError, FileNotFoundError, FileExistsError)) and not raised_on_purpose(err):
+            print(f"sparseseg {args.command}: internal error: {type(err).__name__}: {' '.join(str(err).split())}\n"
+                  f"This is a bug in sparseseg, not a problem with your input: please report it with the output "
+                  f"of the same command run with --debug (which shows the traceback).", file=sys.stderr)
+            return 70
         print(f"sparseseg {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except OSError as err:

@@ -324,3 +324,30 @@ def test_resume_records_and_warns_about_other_changes(tmp_path, train_file, caps
         records[0]["resume_changed"], {"train.max_steps": [3, 4]}]
     with pytest.raises(ValueError, match="--max-steps 0: must be a positive integer"):
         train(tiny_config(train_file), run, resume=True, max_steps=0, progress=False)
+
+
+def test_internal_errors_are_reported_as_bugs_not_as_bad_input(tmp_path, monkeypatch, capsys):
+    import sparseseg.cli as cli_mod
+
+    path = tmp_path / "ev.h5"
+    write_events(path, [random_event((32, 32), 40, seed=1)])
+
+    def broken(file):  # an operation that fails inside the package: a bug, not the user's input
+        return [][1]
+
+    monkeypatch.setattr(cli_mod, "file_info", broken)
+    code, out, err = cli(["info", str(path)], capsys)
+    assert code == 70 and out == ""
+    assert err.splitlines()[0] == "sparseseg info: internal error: IndexError: list index out of range"
+    assert "--debug" in err and "Traceback" not in err
+    with pytest.raises(IndexError):
+        main(["--debug", "info", str(path)])
+
+    def refuses(file):  # a check inside the package, raised with a message for the user
+        from sparseseg.metrics import confusion_matrix
+
+        return confusion_matrix([0], [0, 1])
+
+    monkeypatch.setattr(cli_mod, "file_info", refuses)
+    line = error_line(["info", str(path)], capsys)
+    assert line.startswith("sparseseg info: error: confusion_matrix: truth has 1 pixels but pred has 2")
