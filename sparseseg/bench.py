@@ -31,7 +31,7 @@ SEED = 20261123
 ROI_SHAPE = (1, 3, 2400, 600)
 """A full U plane for DNN-ROI models: 2400 wires x 6000 ticks rebinned by 10, 3 input maps."""
 
-MODELS = {
+ROWS = {
     # name: (model-table name, builder options, input description)
     "uresnet2d": ("uresnet", {"dim": 2}, "uboone Y plane 1008 x 3456 (sparse, fp32)"),
     "uresnet2d-bf16": ("uresnet", {"dim": 2}, "uboone Y plane 1008 x 3456 (sparse, bf16)"),
@@ -373,7 +373,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     torch.manual_seed(0)
-    table_name, opts, desc = MODELS[name]
+    table_name, opts, desc = ROWS[name]
     cuda = device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     row: dict[str, Any] = {"model": name, "input": desc, "device": device, "threads": torch.get_num_threads()}
@@ -470,9 +470,9 @@ def run_worker(spec: dict[str, Any], timeout: float = 1800, tmp: str | None = No
 def run(models=DEFAULT_MODELS, threads: int = 0, reps: int = 5, device: str = "cpu",
         scaling: bool = True, progress: bool = True) -> dict[str, Any]:
     """The whole benchmark: per-model rows, ratios, scaling and efficiency."""
-    unknown = [m for m in models if m not in MODELS]
+    unknown = [m for m in models if m not in ROWS]
     if unknown:
-        raise ValueError(f"bench: unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+        raise ValueError(f"bench: unknown model(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     import tempfile
 
     say = (lambda s: print(s, file=sys.stderr, flush=True)) if progress else (lambda s: None)

@@ -1,7 +1,8 @@
 """Checkpoints: atomic save, validated load, and rebuilding a model from a checkpoint alone.
 
-A checkpoint is a dict {model, optimizer, scheduler, step, config, classes, version, ...};
-shipped weights keep only {model (fp16), config, classes, version, step, metrics}.
+A training checkpoint is a dict {model, optimizer, step, config, classes, version, best,
+stale, precision} (the learning rate is a function of the step, so there is no scheduler
+state); shipped weights keep only {model (fp16), config, classes, version, step, metrics}.
 """
 from __future__ import annotations
 

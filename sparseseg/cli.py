@@ -155,6 +155,7 @@ def _simulate(args) -> None:
     if args.start < 0:
         raise UsageError(f"--start must be at least 0, got {args.start}")
     per = 1 if args.preset == "pilarnet" else 3
+    from .event import ADC_MAX, ADC_MIN
     from .simulate import SIMULATOR_VERSION
 
     attrs = {"preset": args.preset, "seed": args.seed, "label_rule": args.label_rule,
@@ -162,9 +163,9 @@ def _simulate(args) -> None:
     if args.preset == "pilarnet":
         from .simulate.render import VOXEL_MEV
 
-        attrs.update(feature_units="MeV", threshold_mev=round(10.0 * VOXEL_MEV, 4))
+        attrs.update(feature_units="MeV", threshold_mev=round(ADC_MIN * VOXEL_MEV, 4))
     else:
-        attrs.update(feature_units="ADC", adc_min=10.0, adc_max=300.0)
+        attrs.update(feature_units="ADC", adc_min=ADC_MIN, adc_max=ADC_MAX)
     identity = {"command": "simulate", "preset": args.preset, "seed": args.seed, "start": args.start, "n": args.n,
                 "label_rule": args.label_rule, "sparseseg": __version__, "simulator_version": SIMULATOR_VERSION}
     t0 = time.perf_counter()

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .classes import IGNORE
+from .classes import IGNORE, MICHEL, MIP, NUM_CLASSES, SHOWER
 
-TRACK, EM, NONE = 1, 0, 2
-"""Indices of the softmax head (order EM, track, none, as the published network)."""
+HEAD_EM, HEAD_TRACK, HEAD_NONE = 0, 1, 2
+"""Indices of the patch classifier's softmax head (order EM, track, none, as the published
+network); not the 5-class codes of :mod:`sparseseg.classes`."""
 
 
 def extract_patches(event, rows: np.ndarray | None = None, size: int = 48) -> np.ndarray:
@@ -33,17 +34,17 @@ def extract_patches(event, rows: np.ndarray | None = None, size: int = 48) -> np
 def patch_targets(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(class in EM/track/none as int64, Michel as float32) per hit from our 5-class labels."""
     labels = np.asarray(labels)
-    cls = np.full(labels.shape, EM, np.int64)
-    cls[labels <= 1] = TRACK
-    cls[labels == IGNORE] = NONE
-    return cls, (labels == 4).astype(np.float32)
+    cls = np.full(labels.shape, HEAD_EM, np.int64)
+    cls[labels <= MIP] = HEAD_TRACK  # HIP and MIP
+    cls[labels == IGNORE] = HEAD_NONE
+    return cls, (labels == MICHEL).astype(np.float32)
 
 
 def sample_hits(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` hit rows drawn with replacement so that track, EM (not Michel), Michel and none
     hits are equally likely (categories absent from the image are skipped)."""
     labels = np.asarray(labels)
-    cat = np.where(labels <= 1, 0, np.where(labels == 4, 2, np.where(labels == IGNORE, 3, 1)))
+    cat = np.where(labels <= MIP, 0, np.where(labels == MICHEL, 2, np.where(labels == IGNORE, 3, 1)))
     counts = np.bincount(cat, minlength=4).astype(float)
     p = np.where(counts[cat] > 0, 1.0 / np.maximum(counts[cat], 1), 0.0)
     return rng.choice(len(labels), size=n, replace=True, p=p / p.sum())
@@ -66,9 +67,9 @@ def to_class_scores(probs: np.ndarray) -> np.ndarray:
     HIP 0, MIP = track, shower = EM x (1 - Michel), delta 0, Michel = EM x Michel. The five sum
     to 1 - P(none); the predicted class is their argmax, so track/shower and Michel are scored
     the same way as for the segmentation models."""
-    em, trk, mich = probs[:, 0], probs[:, 1], probs[:, 3]
-    out = np.zeros((len(probs), 5), np.float32)
-    out[:, 1] = trk
-    out[:, 2] = em * (1 - mich)
-    out[:, 4] = em * mich
+    em, trk, mich = probs[:, HEAD_EM], probs[:, HEAD_TRACK], probs[:, 3]
+    out = np.zeros((len(probs), NUM_CLASSES), np.float32)
+    out[:, MIP] = trk
+    out[:, SHOWER] = em * (1 - mich)
+    out[:, MICHEL] = em * mich
     return out

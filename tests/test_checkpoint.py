@@ -1,5 +1,4 @@
 """Weight files: every way a checkpoint can be wrong gives a one-line error naming the file."""
-import numpy as np
 import pytest
 import torch
 

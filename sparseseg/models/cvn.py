@@ -1,8 +1,8 @@
 """CVN-style neutrino event classifier: an SE-ResNet over the three wire-plane views.
 
-After the DUNE CVN (seed talk 002): each of the three 500 x 500 views first goes through its
-own branch (a 7x7 stem, a max-pool and SE-ResNet blocks); the branch outputs are
-concatenated along channels and the merged tensor goes through further SE-ResNet stages,
+After the DUNE CVN (L. Whitehead, "Machine Learning Frameworks for DUNE"; Phys. Rev. D 102,
+092003): each of the three 500 x 500 views first goes through its own branch (a 7x7 stem, a
+max-pool and SE-ResNet blocks); the branch outputs are concatenated along channels and the merged tensor goes through further SE-ResNet stages,
 global average pooling and a linear layer to the classes nu_mu CC, nu_e CC, NC.
 
 Also here: :func:`cvn_dataset` (dense 3-view images of simulated ccmu / cce / ncpi0
@@ -11,7 +11,7 @@ interactions); its confusion matrix, efficiency and purity come from
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -137,7 +137,7 @@ class CVN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.views:
-            raise ValueError("cvn: expected views as a (B, V, H, W) tensor with V = config.views")
+            raise ValueError(f"cvn: expected views as a (B, {self.views}, H, W) tensor, got shape {list(x.shape)}")
         x = x * self.input_scale
         outs = []
         for i, branch in enumerate(self.branches):
@@ -149,12 +149,6 @@ class CVN(nn.Module):
 def build_cvn(**kwargs) -> CVN:
     """Builder used by the model table: keyword arguments are :class:`CVNConfig` fields."""
     return CVN(config_from(CVNConfig, "cvn", kwargs))
-
-
-def config_dict(model: CVN) -> dict:
-    d = asdict(model.config)
-    d["widths"], d["blocks"] = list(d["widths"]), list(d["blocks"])
-    return d
 
 
 # --------------------------------------------------------------------------- data

@@ -15,7 +15,7 @@ This module does not import spconv.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import List, Sequence
 
 import numpy as np
@@ -136,7 +136,8 @@ class DenseUResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != self.dim + 2 or x.shape[1] != self.in_channels:
-            raise ValueError("uresnet-dense: expected a (B, in_channels, *spatial) tensor with dim spatial axes")
+            raise ValueError(f"uresnet-dense: expected a (B, {self.in_channels}, *spatial) tensor with {self.dim} spatial axes, "
+                             f"got shape {list(x.shape)}")
         size: List[int] = []
         for k in range(2, x.dim()):
             size.append(x.shape[k])
@@ -168,10 +169,6 @@ class DenseUResNet(nn.Module):
 def build_dense_uresnet(**kwargs) -> DenseUResNet:
     """Builder used by the model table: keyword arguments are :class:`DenseUResNetConfig` fields."""
     return DenseUResNet(config_from(DenseUResNetConfig, "uresnet-dense", kwargs))
-
-
-def config_dict(model: DenseUResNet) -> dict:
-    return asdict(model.config)
 
 
 def convert_sparse_state_dict(state: dict, dim: int = 2) -> dict:

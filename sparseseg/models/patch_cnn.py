@@ -10,7 +10,7 @@ events; :mod:`sparseseg.patches` cuts the patches and runs it over events.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -65,7 +65,7 @@ class PatchCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.config.patch
         if x.dim() != 4 or x.shape[1] != 1 or x.shape[2] != p or x.shape[3] != p:
-            raise ValueError(f"patch-cnn: expected patches as a (B, 1, {p}, {p}) tensor")
+            raise ValueError(f"patch-cnn: expected patches as a (B, 1, {p}, {p}) tensor, got shape {list(x.shape)}")
         h = self.features(x * self.input_scale)
         return torch.cat([self.em_trk_none(h), self.michel(h)], dim=1)
 
@@ -77,7 +77,3 @@ class PatchCNN(nn.Module):
 
 def build_patch_cnn(**kwargs) -> PatchCNN:
     return PatchCNN(config_from(PatchCNNConfig, "patch-cnn", kwargs))
-
-
-def config_dict(model: PatchCNN) -> dict:
-    return asdict(model.config)

@@ -2,7 +2,7 @@
 
 Four encoder/decoder networks predict, for every (wire, time bin) of one wire plane, the
 probability that true signal is present. They follow the comparison table of the DNN-ROI
-studies (seed talk 000):
+studies (H. Nam, "Status report on DNN SigProc in PD-HD"):
 
 ============================  ==============================  ===========  =====  =======
 model                         encoder                         decoder      skips  stride
@@ -27,7 +27,7 @@ exportable to ONNX (see :mod:`sparseseg.export`).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import List
 
 import torch
@@ -124,9 +124,9 @@ class DenseSegmenter(nn.Module):
         Fewer input maps than ``in_channels`` are allowed: the missing ones are zeros.
         """
         if x.dim() != 4:
-            raise ValueError("ROI model: expected a (B, C, H, W) tensor")
+            raise ValueError(f"ROI model: expected a (B, C, H, W) tensor, got shape {list(x.shape)}")
         if x.shape[1] > self.in_channels:
-            raise ValueError("ROI model: more input channels than the model's in_channels")
+            raise ValueError(f"ROI model: input has {x.shape[1]} channels, more than the model's in_channels = {self.in_channels}")
         if x.shape[1] < self.in_channels:
             x = F.pad(x, [0, 0, 0, 0, 0, self.in_channels - x.shape[1]])
         h, w = x.shape[-2], x.shape[-1]
@@ -442,7 +442,3 @@ def build_roi_model(name: str, **kwargs) -> DenseSegmenter:
     if name not in ROI_MODELS:
         raise ValueError(f"unknown ROI model {name!r}; available: {', '.join(ROI_MODELS)}")
     return ROI_MODELS[name](config_from(ROIModelConfig, name, kwargs))
-
-
-def config_dict(model: DenseSegmenter) -> dict:
-    return asdict(model.config)

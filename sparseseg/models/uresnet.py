@@ -11,7 +11,7 @@ residual blocks. BatchNorm + LeakyReLU throughout; a linear head gives per-pixel
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -322,7 +322,3 @@ def split_by_batch(output: torch.Tensor, indices: torch.Tensor, batch_size: int)
 def build_uresnet(**kwargs) -> SparseUResNet:
     """Builder used by the model table: keyword arguments are :class:`UResNetConfig` fields."""
     return SparseUResNet(config_from(UResNetConfig, "uresnet", kwargs))
-
-
-def config_dict(model: SparseUResNet) -> dict:
-    return asdict(model.config)
