@@ -112,34 +112,6 @@ def occupancy_plane(target: float, seed: int = SEED):
     return Event(coords.astype(np.int32), feats, ev.shape, meta={"plane": "Y", "event_id": 0})
 
 
-class _FlopCounter:
-    """Counts sparse-convolution FLOPs from the rulebooks passed to the CPU kernels."""
-
-    def __init__(self) -> None:
-        self.flops = 0
-
-    def __enter__(self):
-        from .models import sparse_cpu
-
-        self._orig = sparse_cpu.indice_conv
-
-        def counted(features, filters, indice_pairs, indice_pair_num, num_out, inverse=False, subm=False):
-            cout, cin = filters.shape[0], filters.shape[-1]
-            pairs = sum(len(r) for _, r, _ in sparse_cpu._pairs(indice_pairs, indice_pair_num, inverse, subm))
-            if subm:  # the centre offset maps every site to itself
-                pairs += features.shape[0]
-            self.flops += 2 * pairs * cin * cout
-            return self._orig(features, filters, indice_pairs, indice_pair_num, num_out, inverse, subm)
-
-        sparse_cpu.indice_conv = counted
-        return self
-
-    def __exit__(self, *exc):
-        from .models import sparse_cpu
-
-        sparse_cpu.indice_conv = self._orig
-
-
 def _input_events(spec: dict[str, Any]) -> list:
     """The events a worker measures on (simulated; see :func:`_load_events`)."""
     if spec.get("occupancy"):
@@ -213,20 +185,13 @@ def _sparse_rows(row, name, dim, plane, event, reps, device, sync, baseline) -> 
 
     with torch.no_grad():
         row["times"] = _time(lambda: run([plane]), reps, sync)
-        if not cuda:
-            if graph:
-                with _FlopCounter() as fc:
-                    run([plane])
-                row["gflops"] = fc.flops / 1e9
-            else:
-                fast.flops = 0
-                run([plane])
-                row["gflops"] = fast.flops / 1e9
-                fast.flops = None
         row["peak_mem_mb"] = _peak_rss_mb() - baseline  # the single plane, before the whole event
         if dim == 2 and len(event) == 3:
             row["event_time_s"] = statistics.median(_time(lambda: run(event), max(3, reps), sync))
             row["event_peak_mem_mb"] = _peak_rss_mb() - baseline
+        if not cuda:  # the network's FLOPs on the plane, counted by the engine (the same for every path)
+            counter = fast or FastUResNet(model, "fp32")
+            row["gflops"] = counter.count_flops(*collate([plane], dim)[:3]) / 1e9
         if name.endswith("bf16"):  # agreement with fp32 on the whole event (after the memory figures)
             ref = FastUResNet(_sparse_model(dim, {}), "fp32")
             idx, feats, shape, _ = collate(event, dim)

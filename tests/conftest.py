@@ -42,3 +42,32 @@ def train_stopped_then_resumed(cfg, out, stop_at):
     left = checkpoint.load(out / "checkpoint.pt")["step"]
     train(cfg, out, resume=True, progress=False)
     return left
+
+
+class RulebookFlops:
+    """Test-only cross-check of the engine's FLOP count: counts 2 x pairs x C_in x C_out from
+    the rulebooks spconv hands to this project's CPU kernels, while the context is open."""
+
+    def __init__(self) -> None:
+        self.flops = 0
+
+    def __enter__(self):
+        from sparseseg.models import sparse_cpu
+
+        self._orig = orig = sparse_cpu.indice_conv
+
+        def counted(features, filters, indice_pairs, indice_pair_num, num_out, inverse=False, subm=False):
+            cout, cin = filters.shape[0], filters.shape[-1]
+            pairs = sum(len(r) for _, r, _ in sparse_cpu._pairs(indice_pairs, indice_pair_num, inverse, subm))
+            if subm:  # the centre offset maps every site to itself
+                pairs += features.shape[0]
+            self.flops += 2 * pairs * cin * cout
+            return orig(features, filters, indice_pairs, indice_pair_num, num_out, inverse, subm)
+
+        sparse_cpu.indice_conv = counted
+        return self
+
+    def __exit__(self, *exc):
+        from sparseseg.models import sparse_cpu
+
+        sparse_cpu.indice_conv = self._orig

@@ -1,9 +1,11 @@
-"""Benchmark plumbing: FLOP counting from rulebooks, inputs, worker rows, report text."""
+"""Benchmark plumbing: the rulebook FLOP cross-check, inputs, worker rows, report text."""
 import numpy as np
 import pytest
 import torch
 
 from sparseseg import bench
+
+from conftest import RulebookFlops
 
 
 def test_flop_count_hand_case():
@@ -17,12 +19,12 @@ def test_flop_count_hand_case():
     idx = torch.tensor([[0, 1, 1], [0, 1, 2], [0, 5, 5]], dtype=torch.int32)
     x = spconv.SparseConvTensor(torch.ones(3, 1), idx, [8, 8], 1)
     conv = spconv.SubMConv2d(1, 2, 3, bias=False, algo=_algo("cpu"))
-    with torch.no_grad(), bench._FlopCounter() as fc:
+    with torch.no_grad(), RulebookFlops() as fc:
         conv(x)
     assert fc.flops == 20
     # strided 2x2 conv, 1 -> 4 channels: every site has exactly one pair -> 2 * 3 * 1 * 4 = 24
     down = spconv.SparseConv2d(1, 4, 2, 2, bias=False, algo=_algo("cpu"))
-    with torch.no_grad(), bench._FlopCounter() as fc:
+    with torch.no_grad(), RulebookFlops() as fc:
         down(x)
     assert fc.flops == 24
 

@@ -9,7 +9,7 @@ from sparseseg.models import build_model
 from sparseseg.models.sparse_infer import FastUResNet, _coarsen, _keys, _Level
 from sparseseg.models.uresnet import collate
 
-from conftest import random_event
+from conftest import RulebookFlops, random_event
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,27 +85,24 @@ def test_coarsen_by_hand():
 
 
 def test_flop_count_matches_rulebooks():
-    from sparseseg import Event, bench
+    from sparseseg import Event
 
     m = _trained_looking(2)
     ev = random_event((40, 44), 300, seed=5)
     fast = FastUResNet(m)
     m.backend = "graph"  # the rulebook path, where the FLOP counter listens
-    fast.flops = 0
-    idx, feats, sp, _ = collate([ev], 2)
-    fast(idx, feats, sp)
-    with torch.no_grad(), bench._FlopCounter() as fc:
+    flops = fast.count_flops(*collate([ev], 2)[:3])
+    with torch.no_grad(), RulebookFlops() as fc:
         m([ev])
-    assert fast.flops == fc.flops
+    assert flops == fc.flops and fast.flops is None
     # hand case: two adjacent pixels and one alone; the stem (1 -> 8 channels) sees 5 pairs
     tiny = Event(np.array([[1, 1], [1, 2], [5, 5]], np.int32), np.ones((3, 1), np.float32), (8, 8))
-    fast.flops = 0
-    fast(*collate([tiny], 2)[:3])
-    with torch.no_grad(), bench._FlopCounter() as fc:
+    flops = fast.count_flops(*collate([tiny], 2)[:3])
+    with torch.no_grad(), RulebookFlops() as fc:
         m([tiny])
-    assert fast.flops == fc.flops
+    assert flops == fc.flops
     stem_flops = 2 * 5 * 1 * 8
-    assert fast.flops > stem_flops
+    assert flops > stem_flops
 
 
 def test_few_gemm_shapes_over_many_event_sizes(monkeypatch):

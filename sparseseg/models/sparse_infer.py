@@ -167,8 +167,7 @@ class FastUResNet:
         self.relu_slope = float(model.config.leakiness)
         self._gbuf: torch.Tensor | None = None  # gather buffer, reused by every convolution
         self.flops: int | None = None
-        """Set to 0 to count the convolutions' FLOPs (2 x neighbour pairs x C_in x C_out, as
-        the rulebook count of the training graph); costs a little time."""
+        """The FLOP count while :meth:`count_flops` runs; None otherwise."""
 
     # ---------------------------------------------------------------- pieces
     def _act(self, x: torch.Tensor) -> torch.Tensor:
@@ -237,6 +236,17 @@ class FastUResNet:
         h = self._padded(n, p["w1"].shape[1])
         self._conv(self._norm_act(x, p["pre"]), nbr, p["w1"], h[:-1], bias=p["b1"], act=True)  # folded BatchNorm
         return self._conv(h, nbr, p["w2"], identity, accumulate=True)
+
+    def count_flops(self, indices: torch.Tensor, features: torch.Tensor, spatial_shape) -> int:
+        """The convolutions' FLOPs on this input: 2 x neighbour pairs x C_in x C_out summed
+        over every convolution (the count of spconv's rulebooks for the same network: the
+        useful multiply-adds, not the zero rows of missing neighbours). Runs one forward."""
+        self.flops = 0
+        try:
+            self(indices, features, spatial_shape)
+            return int(self.flops)
+        finally:
+            self.flops = None
 
     # ---------------------------------------------------------------- forward
     @torch.no_grad()
