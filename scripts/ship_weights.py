@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     from sparseseg.registry import sha256
 
     print(f"sha256 {sha256(out)}: put it in sparseseg/registry.py and the model card, and update "
-          "PINNED_PREDICTIONS in tests/test_regression.py")
+          "PINNED_PREDICTIONS_AVX2 / _AVX512 in tests/test_regression.py (each on its kind of CPU)")
     return 0
 
 
