@@ -42,6 +42,13 @@ class Shipped:
         return WEIGHTS_DIR / self.card
 
 
+def _roi(name: str, network: str, sha: str) -> Shipped:
+    """A shipped DNN-ROI network: every one is trained on the same waveform simulation."""
+    return Shipped(name, f"{name}.pt", f"{name}.md", f"{name}.yaml",
+                   f"DNN-ROI signal-region finder (dense {network}) on deconvolved wire waveforms", sha,
+                   "sparseseg.roi waveform simulation, U plane, 128 wires x 1280 ticks", "deconvolved charge per tick")
+
+
 SHIPPED: dict[str, Shipped] = {s.name: s for s in (
     Shipped("uresnet2d", "uresnet2d.pt", "uresnet2d.md", "uresnet2d.yaml",
             "2D segmentation (HIP/MIP/shower/delta/Michel), U, V and Y planes",
@@ -53,21 +60,9 @@ SHIPPED: dict[str, Shipped] = {s.name: s for s in (
             "fd1e30de6ee026f0bdff290cdfcaf50ebcd59ffab63fbaac64467cb8d26a7eeb",
             "simulator 0.4, preset pilarnet (voxel energy in MeV), energy scale x0.5-2, label rule visible",
             "voxel energy, any scale (MeV as in PILArNet-M, or ADC): each volume is rescaled to its own MIP scale"),
-    Shipped("roi_mobilenetv3", "roi_mobilenetv3.pt", "roi_mobilenetv3.md", "roi_mobilenetv3.yaml",
-            "DNN-ROI signal-region finder (dense MobileNetV3-UNet) on deconvolved wire waveforms",
-            "16ead342e2a9a4957514879409ebe088540b78fe2345b9b39c7568d2b3e7318f",
-            "sparseseg.roi waveform simulation, U plane, 128 wires x 1280 ticks",
-            "deconvolved charge per tick"),
-    Shipped("roi_unet", "roi_unet.pt", "roi_unet.md", "roi_unet.yaml",
-            "DNN-ROI signal-region finder (dense UNet) on deconvolved wire waveforms",
-            "db3a6b757057867f6c1ec740373bd15fa3d7e91c5939df4013c961f6144dcaa6",
-            "sparseseg.roi waveform simulation, U plane, 128 wires x 1280 ticks",
-            "deconvolved charge per tick"),
-    Shipped("roi_transformer", "roi_transformer.pt", "roi_transformer.md", "roi_transformer.yaml",
-            "DNN-ROI signal-region finder (dense Transformer-UNet) on deconvolved wire waveforms",
-            "2ad54a8ff3df6abc08b8a879796c71b728055ba72a23aaa4f75d99b065333150",
-            "sparseseg.roi waveform simulation, U plane, 128 wires x 1280 ticks",
-            "deconvolved charge per tick"),
+    _roi("roi_mobilenetv3", "MobileNetV3-UNet", "16ead342e2a9a4957514879409ebe088540b78fe2345b9b39c7568d2b3e7318f"),
+    _roi("roi_unet", "UNet", "db3a6b757057867f6c1ec740373bd15fa3d7e91c5939df4013c961f6144dcaa6"),
+    _roi("roi_transformer", "Transformer-UNet", "2ad54a8ff3df6abc08b8a879796c71b728055ba72a23aaa4f75d99b065333150"),
     Shipped("cvn", "cvn.pt", "cvn.md", "cvn.yaml",
             "event classifier nu_mu CC / nu_e CC / NC (dense SE-ResNet CVN)",
             "05a7941c4b68e1a6894c1322bb8c43af68af26c9b340caafe1cf79cd72c5bb89",
