@@ -25,6 +25,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "num_workers": 1,
         "label_rule": "visible",  # label convention of simulated data: visible | legacy (sparseseg.simulate.labels)
         "augment": None,  # detector conditions drawn per simulated interaction (AUGMENT_DEFAULTS); null = nominal
+        "balance": False,  # event classifier (cvn): draw the training stream with equal numbers per class
     },
     "train": {
         "batch_size": 8,
@@ -46,6 +47,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "accumulate": 1,  # micro-batches of batch_size summed per optimizer step
         "precision": "auto",  # auto | fp32 | bf16 (bf16 activations and GEMMs; see train.resolve_precision)
         "init": None,  # checkpoint whose model weights start the run (fine-tuning); optimizer and step start fresh
+        "ema": 0.0,  # decay of an exponential moving average of the weights, validated and saved as best.pt; 0 = off
     },
     "weights": {
         "cluster": True,
@@ -208,6 +210,11 @@ def resolve(user: dict | None) -> dict:
     for key in ("batch_size", "max_steps", "val_every", "log_every", "checkpoint_every", "accumulate"):
         if not isinstance(t[key], int) or t[key] < 1:
             raise ValueError(f"config: train.{key} must be a positive integer, got {t[key]!r}")
+    if not 0.0 <= t["ema"] < 1.0:
+        raise ValueError(f"config: train.ema must be 0 (off) or a decay in (0, 1), e.g. 0.998, got {t['ema']!r}")
+    if d["balance"] and cfg["model"]["name"] != "cvn":
+        raise ValueError(f"config: data.balance applies to the event classifier (model.name: cvn) only, "
+                         f"not to {cfg['model']['name']!r}; remove it")
     if d["label_rule"] not in ("visible", "legacy"):
         raise ValueError(f"config: data.label_rule {d['label_rule']!r} unknown; expected visible or legacy")
     if d["augment"] is True:

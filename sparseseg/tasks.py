@@ -131,12 +131,19 @@ class CVNTask:
         self.seed, self.val_seed = int(cfg["data"]["seed"]), int(cfg["data"]["val_seed"])
 
     def batches(self, rank: int, world: int) -> torch.utils.data.Dataset:
-        from .models.cvn import cvn_dataset
+        from .models.cvn import balanced_indices, cvn_dataset
 
         t = self.cfg["train"]
-        # interaction k*2n.. of the stream: particle bombs are skipped, so leave room
-        return _StepData(lambda n, k: cvn_dataset(n, self.seed, start=k * 2 * n, preset=self.preset),
-                         t["batch_size"], t["accumulate"], rank, world)
+        if self.cfg["data"]["balance"]:
+            # equal classes: nu_e CC is ~15 % of the stream, so micro-batch k scans from 8nk
+            def make(n, k):
+                idx = balanced_indices(n, self.seed, start=k * 8 * n, preset=self.preset, rotate=k)
+                return cvn_dataset(n, self.seed, preset=self.preset, indices=idx)
+        else:
+            # interaction k*2n.. of the stream: particle bombs are skipped, so leave room
+            def make(n, k):
+                return cvn_dataset(n, self.seed, start=k * 2 * n, preset=self.preset)
+        return _StepData(make, t["batch_size"], t["accumulate"], rank, world)
 
     @staticmethod
     def _loss(logits, y):

@@ -385,11 +385,46 @@ def check_resume_config(old: dict, new: dict, path) -> dict[str, tuple[Any, Any]
     return changes
 
 
+class WeightAverage:
+    """Exponential moving average of a model's weights and buffers (BatchNorm statistics
+    included): after update n, ``average = d * average + (1 - d) * model`` with
+    ``d = min(decay, (1 + n) / (10 + n))``, so early updates are not tied to the
+    initialisation. Validation on the average is far less noisy than on the last step's
+    weights when batches are small. ``self.model`` is the averaged copy (eval mode)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        import copy
+
+        self.decay = float(decay)
+        self.updates = 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, cur in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if avg.dtype.is_floating_point:
+                avg.lerp_(cur, 1.0 - d)
+            else:
+                avg.copy_(cur)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = int(state["updates"])
+
+
 def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | None = None,
           progress: bool = True, callback=None) -> dict[str, Any]:
     """Train the model described by ``config`` (see :mod:`sparseseg.config`) into folder ``out``.
 
-    Writes ``checkpoint.pt`` (latest, atomic), ``best.pt`` (best validation accuracy),
+    Writes ``checkpoint.pt`` (latest, atomic), ``best.pt`` (best validation accuracy; of the
+    weight average when ``train.ema`` is set),
     ``metrics.jsonl`` and ``loss_curve.png``. Returns the last validation metrics.
     ``callback(step)``, if given, is called after every completed step.
     """
@@ -425,6 +460,7 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
     mcfg = dict(cfg["model"])
     model = build_model(mcfg.pop("name"), **mcfg).to(device)
     optimizer = make_optimizer(model.parameters(), t)
+    ema = WeightAverage(model, t["ema"]) if t["ema"] else None
     start, log = 0, []
     ckpt_path = out / "checkpoint.pt"
     best = {"accuracy": -1.0}
@@ -440,6 +476,10 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
         try:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
+            if ema is not None:
+                if "ema" not in ckpt:
+                    raise ValueError("it holds no weight average (train.ema was off)")
+                ema.load_state_dict(ckpt["ema"])
         except (RuntimeError, ValueError, KeyError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(f"--resume: {ckpt_path} does not fit this model or optimizer ({first}); "
@@ -463,6 +503,8 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
                 raise FileExistsError(f"{out} already holds a training run; use --resume to continue it or pick another --out")
         if t["init"]:
             init_weights(model, t["init"])
+            if ema is not None:
+                ema = WeightAverage(model, t["ema"])
     net = model
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(model)
@@ -482,6 +524,7 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
             "config": cfg, "classes": list(task.classes), "version": __version__,
             "best": best, "stale": stale, "precision": precision,
+            **({"ema": ema.state_dict()} if ema is not None else {}),
         })
         _write_log(out / "metrics.jsonl", log)
 
@@ -500,6 +543,8 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
         optimizer.zero_grad(set_to_none=True)
         loss, acc = task.step(net, micro_batches, device, precision, net.no_sync if distributed else None)
         optimizer.step()
+        if ema is not None:
+            ema.update(model)
         run_loss += loss
         run_acc += acc
         run_n += 1
@@ -513,12 +558,13 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
             bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['accuracy']:.3f}")
             run_loss, run_acc, run_n, t_data, t_step = 0.0, 0.0, 0, 0.0, 0.0
         if rank == 0 and (done % t["val_every"] == 0 or done == t["max_steps"]):
-            last_val = task.evaluate(model, val_data, t["batch_size"])
+            judged = ema.model if ema is not None else model
+            last_val = task.evaluate(judged, val_data, t["batch_size"])
             log.append({"step": done, **{f"val_{k}": v for k, v in last_val.items()}})
             if last_val["accuracy"] > best["accuracy"]:
                 best = {"accuracy": last_val["accuracy"], "step": done}
                 stale = 0
-                checkpoint.save(out / "best.pt", {"model": model.state_dict(), "step": done, "config": cfg,
+                checkpoint.save(out / "best.pt", {"model": judged.state_dict(), "step": done, "config": cfg,
                                                   "classes": list(task.classes), "version": __version__,
                                                   "metrics": last_val, "precision": precision})
             else:

@@ -82,3 +82,75 @@ def test_shipped_dense_configs_resolve():
     # every trainable model has a config
     assert set(names.values()) >= {"uresnet", "roi-unet", "roi-mobilenetv2", "roi-mobilenetv3",
                                    "roi-transformer", "cvn", "patch-cnn"}
+
+
+def test_weight_average_by_hand():
+    from sparseseg.train import WeightAverage
+
+    net = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+    avg = WeightAverage(net, 0.5)
+    with torch.no_grad():
+        net[0].weight.fill_(3.0)
+        net[1].running_mean.fill_(2.0)
+        net[1].num_batches_tracked.fill_(7)
+    avg.update(net)  # d = min(0.5, 2/11): 1 * 2/11 + 3 * 9/11
+    assert float(avg.model[0].weight) == pytest.approx(1 * 2 / 11 + 3 * 9 / 11)
+    assert float(avg.model[1].running_mean) == pytest.approx(2 * 9 / 11)
+    assert int(avg.model[1].num_batches_tracked) == 7
+    for _ in range(20):
+        avg.update(net)  # d reaches the decay 0.5: the distance to 3 halves each update
+    assert float(avg.model[0].weight) == pytest.approx(3.0, abs=1e-5)
+    assert float(net[0].weight.detach()) == 3.0 and not avg.model.training
+
+
+def test_ema_is_validated_saved_as_best_and_resumed(tmp_path):
+    cfg = {**ROI, "train": {**ROI["train"], "ema": 0.9, "val_every": 4}}  # one validation: best.pt = step 4
+    train(cfg, tmp_path / "a", progress=False)
+    train_stopped_then_resumed(cfg, tmp_path / "b", stop_at=3)
+    from sparseseg import checkpoint
+
+    a, b = checkpoint.load(tmp_path / "a" / "checkpoint.pt"), checkpoint.load(tmp_path / "b" / "checkpoint.pt")
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 4
+    for k, x in a["ema"]["model"].items():
+        assert torch.equal(x, b["ema"]["model"][k]), k
+    best = checkpoint.load(tmp_path / "a" / "best.pt")
+    assert best["step"] == 4  # best.pt is the average, not the last weights
+    key = next(k for k, v in a["model"].items() if v.dtype.is_floating_point and v.numel() > 1)
+    assert torch.equal(best["model"][key], a["ema"]["model"][key])
+    assert not torch.equal(best["model"][key], a["model"][key])
+    with pytest.raises(ValueError, match="does not fit this model or optimizer \\(it holds no weight average"):
+        train(ROI, tmp_path / "plain", progress=False)
+        train(cfg, tmp_path / "plain", resume=True, progress=False)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"train": {"ema": 1.0}}, "config: train.ema must be 0 (off) or a decay in (0, 1), e.g. 0.998, got 1.0"),
+    ({"data": {"balance": True}}, "config: data.balance applies to the event classifier (model.name: cvn) only, "
+                                  "not to 'roi-mobilenetv3'; remove it"),
+])
+def test_ema_and_balance_config_errors(change, message):
+    cfg = {k: {**v, **change.get(k, {})} for k, v in ROI.items()}
+    with pytest.raises(ValueError) as err:
+        resolve(cfg)
+    assert str(err.value) == message
+
+
+def test_balanced_cvn_stream_without_simulating_its_rejects():
+    from sparseseg.models.cvn import TOPOLOGY_CLASS, balanced_indices, cvn_dataset
+    from sparseseg.simulate import interaction_topology, simulate_full
+
+    for i in range(4):  # the topology is the first draw of the interaction's physics stream
+        assert interaction_topology("crop512", 3, i) == simulate_full("crop512", 3, i)[1].topology
+    with pytest.raises(ValueError, match="preset 'pilarnet' is 3D"):
+        interaction_topology("pilarnet", 3, 0)
+    idx = balanced_indices(7, 3, start=10, rotate=1)
+    classes = [TOPOLOGY_CLASS[interaction_topology("crop512", 3, i)] for i in idx]
+    assert np.bincount(classes, minlength=3).tolist() == [2, 3, 2]  # 7 // 3 each, the extra one to class 1
+    assert idx == sorted(idx) and idx[0] >= 10
+    _, y = cvn_dataset(2, 3, indices=idx[:2], size=64)
+    assert y.tolist() == classes[:2]
+    bomb = next(i for i in range(50) if interaction_topology("crop512", 3, i) == "bomb")
+    with pytest.raises(ValueError, match=f"interaction {bomb} of \\(crop512, 3\\) is a bomb, not a neutrino"):
+        cvn_dataset(1, 3, indices=[bomb], size=64)

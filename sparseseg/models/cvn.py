@@ -29,6 +29,7 @@ __all__ = [
     "CVN",
     "build_cvn",
     "cvn_dataset",
+    "balanced_indices",
 ]
 
 CVN_CLASSES = ("nu_mu CC", "nu_e CC", "NC")
@@ -152,12 +153,33 @@ def build_cvn(**kwargs) -> CVN:
 
 
 # --------------------------------------------------------------------------- data
-def cvn_dataset(n: int, seed: int = 0, size: int = 500, start: int = 0, preset: str = "crop512") -> tuple[np.ndarray, np.ndarray]:
+def balanced_indices(n: int, seed: int, start: int = 0, preset: str = "crop512", rotate: int = 0) -> list[int]:
+    """Stream indices ``>= start`` of ``n`` interactions with (as nearly as ``n`` allows) equal
+    numbers of each CVN class: the first of each class in stream order until its quota
+    ``n // 3`` (+1 for ``n % 3`` classes, starting at class ``rotate % 3``) is met. Topologies
+    come from :func:`sparseseg.simulate.interaction_topology`, so nothing is simulated here."""
+    from ..simulate import interaction_topology
+
+    k = len(CVN_CLASSES)
+    quota = [n // k + (1 if (c - rotate) % k < n % k else 0) for c in range(k)]
+    picked, index = [], int(start)
+    while len(picked) < n:
+        c = TOPOLOGY_CLASS.get(interaction_topology(preset, seed, index))
+        if c is not None and quota[c] > 0:
+            quota[c] -= 1
+            picked.append(index)
+        index += 1
+    return picked
+
+
+def cvn_dataset(n: int, seed: int = 0, size: int = 500, start: int = 0, preset: str = "crop512",
+                indices: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Dense 3-view images and labels of ``n`` simulated neutrino interactions.
 
     Interactions ``start, start + 1, ...`` of the simulator stream ``(preset, seed)`` are
     drawn; those whose topology is ccmu (nu_mu CC), cce (nu_e CC) or ncpi0 (NC) are kept
-    (particle bombs are skipped) until ``n`` are collected. Each plane's view (the 512 x 512
+    (particle bombs are skipped) until ``n`` are collected; or, with ``indices``, exactly those
+    interactions of the stream (e.g. from :func:`balanced_indices`). Each plane's view (the 512 x 512
     window around the vertex of the ``crop512`` preset, cosmics included) is densified and
     centre-cropped, or zero-padded, to ``size`` x ``size``.
 
@@ -174,11 +196,19 @@ def cvn_dataset(n: int, seed: int = 0, size: int = 500, start: int = 0, preset: 
         raise ValueError(f"cvn_dataset: n must be >= 0 and size >= 1, got n={n}, size={size}")
     images = np.zeros((n, 3, size, size), np.float32)
     labels = np.zeros(n, np.int64)
+    todo = iter(indices) if indices is not None else None
+    if todo is not None and len(indices) != n:
+        raise ValueError(f"cvn_dataset: {len(indices)} indices given for n={n}")
     k, index = 0, int(start)
     while k < n:
+        if todo is not None:
+            index = int(next(todo))
         events, truth = simulate_full(preset, seed, index)
         index += 1
         if truth.topology not in TOPOLOGY_CLASS or len(events) != 3:
+            if todo is not None:
+                raise ValueError(f"cvn_dataset: interaction {index - 1} of ({preset}, {seed}) is a {truth.topology}, "
+                                 "not a neutrino interaction")
             continue
         for p, ev in enumerate(events):
             img = ev.to_dense()

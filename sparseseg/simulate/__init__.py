@@ -3,7 +3,7 @@ three wire-plane views (U, V, Y) or 3 mm voxels, with truth labels, particle ids
 
 Public API: :data:`PRESETS`, :func:`simulate`, :func:`simulate_interaction`.
 """
-from .generator import PRESETS, Preset, simulate, simulate_full, simulate_interaction
+from .generator import PRESETS, Preset, interaction_topology, simulate, simulate_full, simulate_interaction
 from .geometry import project_points
 
 SIMULATOR_VERSION = "0.4"
@@ -14,5 +14,5 @@ to sparseseg 0.1.0; 0.3 from sparseseg 0.2.0, which adds restricted muon dE/dx w
 units, without clipping (wire-plane images are bit-identical to 0.3).
 Simulated files record it in their ``simulator_version`` attribute."""
 
-__all__ = ["PRESETS", "Preset", "SIMULATOR_VERSION", "simulate", "simulate_interaction", "simulate_full",
+__all__ = ["PRESETS", "Preset", "SIMULATOR_VERSION", "interaction_topology", "simulate", "simulate_interaction", "simulate_full",
            "project_points"]

@@ -385,6 +385,24 @@ def _cosmics_hitting_windows(entry, dirs, chord, shift, windows, size, margin=24
     return hit
 
 
+def _streams(seed: int, index: int):
+    """The three random streams of interaction ``index``: physics, cosmics, detector."""
+    return tuple(np.random.default_rng(s) for s in np.random.SeedSequence([seed, index]).spawn(3))
+
+
+def interaction_topology(preset: str, seed: int, index: int) -> str:
+    """The topology (``ccmu``, ``cce``, ``ncpi0`` or ``bomb``) that ``simulate_full(preset,
+    seed, index)`` simulates, found without simulating: it is the first draw of the physics
+    stream. Lets a caller pick interactions by class from a stream (e.g. a class-balanced
+    training stream) at no cost. 2D presets only (a 3D volume holds several interactions).
+    """
+    pre = _check_preset(preset)
+    if pre.ndim != 2:
+        raise ValueError(f"interaction_topology: preset {pre.name!r} is 3D (several interactions per volume); "
+                         "use a 2D preset")
+    return _choose(_streams(_check_int("seed", seed), _check_int("index", index))[0], pre.topologies)
+
+
 def simulate_full(
     preset: str, seed: int, index: int, conditions: Conditions | None = None, label_rule: str = "visible"
 ) -> tuple[list[Event], Truth]:
@@ -402,8 +420,7 @@ def simulate_full(
     index = _check_int("index", index)
     check_label_rule(label_rule)
     cond = resolve_conditions(pre.name, conditions)
-    ss = np.random.SeedSequence([seed, index])
-    rng, rng_cos, rng_det = (np.random.default_rng(s) for s in ss.spawn(3))
+    rng, rng_cos, rng_det = _streams(seed, index)
     prim = Primaries()
     if pre.ndim == 3:
         # several independent interactions per volume, as in PILArNet
@@ -418,7 +435,7 @@ def simulate_full(
         vertex = np.array(verts)
     else:
         lo, hi = TPC_LO, TPC_HI
-        topology = _choose(rng, pre.topologies)
+        topology = _choose(rng, pre.topologies)  # the first draw: see interaction_topology
         vertex = rng.uniform(TPC_LO + [15.0, 16.0, 30.0], TPC_HI - [15.0, 16.0, 40.0])
         _neutrino(rng, topology, vertex, prim)
     windows = _crop_windows(rng, vertex, pre.crop) if pre.crop else None
