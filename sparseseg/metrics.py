@@ -32,6 +32,7 @@ __all__ = [
     "classification_table",
     "format_classification_table",
     "binary_scores",
+    "cut_for_purity",
     "ConfusionAccumulator",
     "summarize",
     "format_table",
@@ -263,6 +264,23 @@ def binary_scores(truth: Any, selected: Any) -> dict[str, float]:
 
     return {"accuracy": r(np.trace(cm), cm.sum()), "efficiency": r(tp, tp + fn), "purity": r(tp, tp + fp),
             "iou": r(tp, tp + fp + fn), "counts": cm.tolist()}
+
+
+def cut_for_purity(score: Any, signal: Any, min_purity: float) -> float | None:
+    """The lowest cut on ``score`` whose selection ``score >= cut`` of the events has purity
+    (fraction of ``signal`` among the selected) at least ``min_purity``: the most efficient
+    such selection. None when no cut reaches that purity. Choose the cut on one sample and
+    measure it on another (:func:`binary_scores`), or the efficiency is biased upward."""
+    score = np.asarray(score, float).ravel()
+    signal = np.asarray(signal, bool).ravel()
+    if score.shape != signal.shape:
+        raise ValueError(f"cut_for_purity: {score.size} scores for {signal.size} truth flags")
+    order = np.argsort(-score, kind="stable")
+    s, t = score[order], signal[order]
+    purity = np.cumsum(t) / np.arange(1, len(t) + 1)
+    last = np.r_[s[1:] != s[:-1], True]  # a cut takes every event of a tied score
+    ok = np.flatnonzero(last & (purity >= min_purity))
+    return float(s[ok[-1]]) if len(ok) else None
 
 
 # ---------------------------------------------------------------------------- accumulator

@@ -25,6 +25,7 @@ __all__ = [
     "display_title",
     "interaction_type",
     "confusion_heatmap",
+    "score_histograms",
     "loss_curve",
     "max_pool2d",
     "label_pool2d",
@@ -541,6 +542,7 @@ def confusion_heatmap(
     out: str,
     class_names: Sequence[str] = CLASS_NAMES,
     title: str | None = None,
+    unit: str = "pixels",
 ) -> str:
     """Two heatmaps of a confusion matrix: normalised to truth (efficiency) and to prediction (purity).
 
@@ -553,6 +555,8 @@ def confusion_heatmap(
         PNG path (``CONFUSION_SIZE_PX`` pixels).
     class_names : sequence of C str
     title : str, optional
+    unit : str
+        What is counted (``pixels``; ``interactions`` for an event classifier).
 
     Returns
     -------
@@ -561,6 +565,7 @@ def confusion_heatmap(
     """
     import matplotlib
 
+    short = " px" if unit == "pixels" else ""
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
         raise ValueError(f"confusion_heatmap: expected a square (C, C) matrix, got shape {cm.shape}")
@@ -604,11 +609,11 @@ def confusion_heatmap(
                 ax.set_xticks(range(c))
                 ax.set_yticks(range(c))
                 if along == "row":
-                    ax.set_yticklabels([f"{n}\n{_si(r)} px" for n, r in zip(class_names, rows)], fontsize=8)
+                    ax.set_yticklabels([f"{n}\n{_si(r)}{short}" for n, r in zip(class_names, rows)], fontsize=8)
                     ax.set_xticklabels(class_names, fontsize=8)
                 else:
                     ax.set_yticklabels(class_names, fontsize=8)
-                    ax.set_xticklabels([f"{n}\n{_si(k)} px" for n, k in zip(class_names, cols)], fontsize=8)
+                    ax.set_xticklabels([f"{n}\n{_si(k)}{short}" for n, k in zip(class_names, cols)], fontsize=8)
                 ax.set_xlabel("predicted class")
                 ax.set_ylabel("true class")
                 ax.set_title(name, fontsize=10)
@@ -620,11 +625,42 @@ def confusion_heatmap(
             fig.colorbar(im, cax=cax)
             head = title or "Confusion matrix"
             acc_txt = f"accuracy {acc:.4f}" if np.isfinite(acc) else "accuracy –"
-            fig.suptitle(f"{head}\n{_si(total)} pixels  ·  {acc_txt}", fontsize=11)
+            fig.suptitle(f"{head}\n{_si(total)} {unit}  ·  {acc_txt}", fontsize=11)
             os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
             fig.savefig(out, dpi=DPI)
         finally:
             fig.clear()
+    return out
+
+
+def score_histograms(score: np.ndarray, truth: np.ndarray, class_names: Sequence[str], out: str,
+                     score_name: str = "score", cut: float | None = None, title: str | None = None) -> str:
+    """Histograms of one classifier score (0..1), one per true class, each normalised to
+    unit area, with the selection cut as a vertical line; PNG at ``out``. Returns ``out``."""
+    score, truth = np.asarray(score, float).ravel(), np.asarray(truth).ravel()
+    if score.shape != truth.shape:
+        raise ValueError(f"score_histograms: {score.size} scores for {truth.size} truth labels")
+    fig = _new_figure((6.4, 4.2))
+    try:
+        ax = fig.subplots()
+        bins = np.linspace(0.0, 1.0, 26)
+        for c, name in enumerate(class_names):
+            sel = score[truth == c]
+            if len(sel):
+                ax.hist(sel, bins=bins, density=True, histtype="step", linewidth=1.6, label=f"{name} ({len(sel)})")
+        if cut is not None:
+            ax.axvline(cut, color="k", linestyle="--", linewidth=1.0, label=f"cut {cut:.3f}")
+        ax.set_yscale("log")
+        ax.set_xlabel(score_name)
+        ax.set_ylabel("density (per true class)")
+        ax.legend(fontsize=8, loc="upper center")
+        if title:
+            ax.set_title(title, fontsize=10)
+        fig.tight_layout()
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        fig.savefig(out, dpi=DPI)
+    finally:
+        fig.clear()
     return out
 
 

@@ -210,3 +210,18 @@ def test_format_table():
     # plain summaries (no planes) format too
     assert "eff U" not in format_table(summarize(confusion_matrix(HAND_TRUTH, HAND_PRED)))
     assert math.isfinite(acc.summary()["mean_iou"])
+
+
+def test_cut_for_purity_by_hand():
+    from sparseseg.metrics import cut_for_purity
+
+    score = [0.9, 0.8, 0.8, 0.7, 0.6, 0.5, 0.4]
+    signal = [1, 1, 0, 1, 1, 0, 0]
+    # cuts: >=0.9 purity 1; >=0.8 takes both 0.8s: 2/3; >=0.7 3/4; >=0.6 4/5; >=0.5 4/6; >=0.4 4/7
+    assert cut_for_purity(score, signal, 0.8) == 0.6
+    assert cut_for_purity(score, signal, 0.75) == 0.6
+    assert cut_for_purity(score, signal, 0.9) == 0.9
+    assert cut_for_purity(score, signal, 0.5) == 0.4
+    assert cut_for_purity([0.3, 0.2], [0, 1], 0.9) is None
+    with pytest.raises(ValueError, match="cut_for_purity: 2 scores for 3 truth flags"):
+        cut_for_purity([0.1, 0.2], [0, 1, 1], 0.8)
