@@ -3,6 +3,8 @@
     python scripts/ship_weights.py runs/uresnet2d_ft/best.pt weights/uresnet2d.pt
     python scripts/ship_weights.py runs/uresnet3d/best.pt weights/uresnet3d.pt
     python scripts/ship_weights.py runs/uresnet2d/best.pt weights/uresnet2d.pt --class-bias 20
+    python scripts/ship_weights.py runs/roi_mobilenetv2/best.pt weights/roi_mobilenetv2.pt
+    python scripts/ship_weights.py runs/cvn/best.pt weights/cvn.pt --check-images 100
 
 ``--class-bias N`` chooses per-class log-score offsets (stored with the weights as
 ``class_bias`` and applied by ``predict``) that maximise the macro-averaged F1 on N tuning
@@ -11,8 +13,9 @@ which no training, validation or held-out set uses.
 
 The optimizer state is dropped and floating-point weights are stored as float16 (loaded back
 as float32). The script checks what fp16 storage costs: it predicts a few simulated images
-with the original and the shipped weights and prints the fraction of pixels whose predicted
-class agrees (it refuses to write below 99.9 %), and the file sizes.
+(dense models: samples of their task) with the original and the shipped weights and prints
+the fraction of pixels (dense models: decisions) that agree (it refuses to write below
+99.9 %), and the file sizes.
 """
 from __future__ import annotations
 
@@ -34,6 +37,29 @@ def predict_classes(model, events) -> np.ndarray:
         return np.concatenate([model([e]).argmax(1).numpy() for e in events])
 
 
+def dense_fp16_check(ckpt: dict, shipped: dict, path, n: int) -> float:
+    """Fraction of decisions (signal mask at 0.5 for ROI networks, class for classifiers) that
+    fp16 storage leaves unchanged, on ``n`` samples the model's task simulates with seed 777."""
+    import copy
+
+    from sparseseg.export import dense_from
+    from sparseseg.tasks import dense_task
+
+    cfg = copy.deepcopy(ckpt["config"])
+    cfg["data"].update(val_seed=777, val_images=max(1, n))
+    x = dense_task(cfg).validation()[0]
+    decisions = []
+    for state in (ckpt, shipped):
+        model = dense_from(state, path)
+        with torch.no_grad():
+            out = torch.cat([model(torch.from_numpy(x[i:i + 8])) for i in range(0, len(x), 8)])
+        decisions.append((out > 0.5) if out.shape[1] == 1 else out.argmax(1))
+    agree = float((decisions[0] == decisions[1]).float().mean())
+    print(f"fp16 vs fp32 weights: decision agrees on {agree:.5%} of {decisions[0].numel()} outputs "
+          f"({len(x)} samples, seed 777)")
+    return agree
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="training checkpoint (checkpoint.pt or best.pt of a run)")
@@ -44,18 +70,27 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     ckpt = checkpoint.load(args.checkpoint)
-    full = checkpoint.build_from(ckpt, args.checkpoint)
     shipped = checkpoint.slim(ckpt, fp16=True, source=str(args.checkpoint))
-    half = checkpoint.build_from(shipped, args.output)
-    dim = full.config.dim
-    preset = "crop512" if dim == 2 else "pilarnet"
-    events = list(simulate(preset, max(1, args.check_images // (3 if dim == 2 else 1)), 777))[: args.check_images]
-    a, b = predict_classes(full, events), predict_classes(half, events)
-    agree = float((a == b).mean()) if len(a) else 1.0
-    print(f"fp16 vs fp32 weights: predicted class agrees on {agree:.5%} of {len(a)} pixels "
-          f"({len(events)} {preset} images, seed 777)")
+    from sparseseg.tasks import dense_task
+
+    if dense_task(ckpt["config"]) is not None:
+        agree = dense_fp16_check(ckpt, shipped, args.checkpoint, args.check_images)
+        dim = None
+    else:
+        full = checkpoint.build_from(ckpt, args.checkpoint)
+        half = checkpoint.build_from(shipped, args.output)
+        dim = full.config.dim
+        preset = "crop512" if dim == 2 else "pilarnet"
+        events = list(simulate(preset, max(1, args.check_images // (3 if dim == 2 else 1)), 777))[: args.check_images]
+        a, b = predict_classes(full, events), predict_classes(half, events)
+        agree = float((a == b).mean()) if len(a) else 1.0
+        print(f"fp16 vs fp32 weights: predicted class agrees on {agree:.5%} of {len(a)} pixels "
+              f"({len(events)} {preset} images, seed 777)")
     if agree < 0.999:
         print("refusing to ship: fp16 storage changes more than 0.1 % of predictions", file=sys.stderr)
+        return 1
+    if args.class_bias and dim is None:
+        print("--class-bias applies to the segmentation models only", file=sys.stderr)
         return 1
     if args.class_bias:
         from sparseseg.infer import Predictor, choose_class_bias

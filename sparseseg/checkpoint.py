@@ -6,14 +6,13 @@ state); shipped weights keep only {model (fp16), config, classes, version, step,
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import __version__
+from .atomic import write_atomic
 from .classes import CLASS_NAMES
 
 REQUIRED = ("model", "config", "classes", "version")
@@ -21,20 +20,7 @@ REQUIRED = ("model", "config", "classes", "version")
 
 def save(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` with torch.save to a temp file in the same folder, then rename it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, lambda fh: torch.save(payload, fh))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -9,6 +9,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .atomic import write_text
+
 DESCRIPTION = """\
 sparseseg: semantic segmentation of liquid-argon TPC images on CPU.
 
@@ -475,7 +477,7 @@ def cmd_evaluate(args) -> None:
     if rows is not None:
         print(f"wrote {rows.rows} per-image rows to {args.per_event}")
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+        write_text(args.json, json.dumps(summary, indent=2))
         print(f"wrote {args.json}")
     if args.plot:
         from .plots import confusion_heatmap
@@ -528,7 +530,7 @@ def cmd_demo(args) -> None:
     cm_png = out / "confusion.png"
     confusion_heatmap(acc.matrix, str(cm_png), title=f"{args.n} simulated uboone events (seed {args.seed})")
     summary = acc.summary()
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    write_text(out / "metrics.json", json.dumps(summary, indent=2))
     print(format_table(summary))
     print(f"event display: {png}\nconfusion matrix: {cm_png}\nmetrics: {out / 'metrics.json'}")
 
@@ -592,8 +594,8 @@ def cmd_roi_eval(args) -> None:
     files = res.get("files", [])
     if args.out:
         out = Path(args.out)
-        (out / "roi_summary.md").write_text(format_roi_summary(rows, markdown=True) + "\n")
-        (out / "roi_summary.json").write_text(json.dumps({"rows": rows, "bench": cost}, indent=2, default=float))
+        write_text(out / "roi_summary.md", format_roi_summary(rows, markdown=True) + "\n")
+        write_text(out / "roi_summary.json", json.dumps({"rows": rows, "bench": cost}, indent=2, default=float))
         files += [str(out / "roi_summary.md"), str(out / "roi_summary.json")]
     for f in files:
         print(f"wrote {f}")
@@ -603,10 +605,10 @@ def _report(text: str, res: dict, args) -> None:
     """Print a table; write it as Markdown (--markdown) and its figures as JSON (--json)."""
     print(text)
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+        write_text(args.json, json.dumps(res, indent=2))
         print(f"wrote {args.json}")
     if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
+        write_text(args.markdown, text + "\n")
         print(f"wrote {args.markdown}")
 
 

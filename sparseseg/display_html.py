@@ -419,14 +419,9 @@ def event_display_html(
         data=_script_json(fig["data"]), layout=_script_json(fig["layout"]), config=_script_json(config),
         resize=_RESIZE_JS if dims == {2} else "",
     )
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    from .io.h5 import _removed_on_failure
+    from .atomic import write_text
 
-    tmp = f"{out}.tmp{os.getpid()}"
-    with _removed_on_failure(tmp):
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(html)
-        os.replace(tmp, out)
+    write_text(out, html)
     return out
 
 

@@ -569,8 +569,10 @@ def roi_evaluate(models: dict[str, Any] | None = None, angles: Sequence[float] =
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "roi_metrics.json").write_text(json.dumps(res, indent=2, default=float))
-        (out / "roi_tables.txt").write_text(format_roi_tables(res) + "\n")
+        from .atomic import write_text
+
+        write_text(out / "roi_metrics.json", json.dumps(res, indent=2, default=float))
+        write_text(out / "roi_tables.txt", format_roi_tables(res) + "\n")
         plot_roi_metrics(res, out)
         res["files"] = [str(out / f) for f in ("roi_metrics.json", "roi_tables.txt", "roi_tracks.png", "roi_showers.png")]
     return res

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import __version__, checkpoint
+from .atomic import write_text
 from .classes import CLASS_NAMES, IGNORE, NUM_CLASSES
 from .config import resolve
 from .losses import weighted_cross_entropy
@@ -312,9 +313,7 @@ def _read_log(path: Path, upto_step: int) -> list[dict]:
 
 
 def _write_log(path: Path, records: list[dict]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def weights_digest(model: torch.nn.Module) -> str:

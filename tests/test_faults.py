@@ -458,3 +458,22 @@ def test_nan_scores_are_an_error(data, tmp_path, capsys, monkeypatch):
     code, text, err = cli(["predict", data["events"], "-o", str(out), "--weights", data["weights"], "-q"], capsys)
     assert code == 2 and "non-finite scores" in one_line(err) and "event 0" in err
     assert not out.exists() and h5mod.partial_events(str(out)) == 0
+
+
+def test_report_write_on_full_disk_keeps_the_old_file(tmp_path, monkeypatch):
+    """Reports (metrics.json, roi tables, pages, training logs) are written whole or not at all."""
+    from sparseseg import atomic
+
+    path = tmp_path / "metrics.json"
+    atomic.write_text(path, '{"accuracy": 0.9}')
+    real = os.fsync
+
+    def enospc(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(atomic.os, "fsync", enospc)
+    with pytest.raises(OSError, match="No space left on device"):
+        atomic.write_text(path, '{"accuracy": 0.1}')
+    monkeypatch.setattr(atomic.os, "fsync", real)
+    assert path.read_text() == '{"accuracy": 0.9}'
+    assert [q.name for q in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left
