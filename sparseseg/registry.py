@@ -63,6 +63,7 @@ SHIPPED: dict[str, Shipped] = {s.name: s for s in (
     _roi("roi_mobilenetv3", "MobileNetV3-UNet", "16ead342e2a9a4957514879409ebe088540b78fe2345b9b39c7568d2b3e7318f"),
     _roi("roi_unet", "UNet", "db3a6b757057867f6c1ec740373bd15fa3d7e91c5939df4013c961f6144dcaa6"),
     _roi("roi_transformer", "Transformer-UNet", "2ad54a8ff3df6abc08b8a879796c71b728055ba72a23aaa4f75d99b065333150"),
+    _roi("roi_mobilenetv2", "MobileNetV2-UNet", "75d04732bca75e52eecea859297ef0200f1807c29e2f370ceb9c59fbf3f4587e"),
     Shipped("cvn", "cvn.pt", "cvn.md", "cvn.yaml",
             "event classifier nu_mu CC / nu_e CC / NC (dense SE-ResNet CVN)",
             "05a7941c4b68e1a6894c1322bb8c43af68af26c9b340caafe1cf79cd72c5bb89",
