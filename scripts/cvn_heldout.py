@@ -42,14 +42,13 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from sparseseg.checkpoint import load
-    from sparseseg.export import dense_from
+    from sparseseg.checkpoint import load_model
     from sparseseg.metrics import binary_scores, classification_table, cut_for_purity
     from sparseseg.models.cvn import CVN_CLASSES, cvn_dataset
     from sparseseg.plots import confusion_heatmap, score_histograms
 
-    ckpt = load(args.weights)
-    model = dense_from(ckpt, args.weights, "cvn").eval()
+    model, ckpt = load_model(args.weights, name="cvn")
+    model.eval()
     data_cfg = ckpt["config"].get("data") or {}
     preset = data_cfg.get("simulate") or "crop512"
     tune_seed = int(data_cfg.get("val_seed", 1001))

@@ -23,7 +23,6 @@ import time
 
 import numpy as np
 
-DENSE = ("roi-unet", "roi-mobilenetv2", "roi-mobilenetv3", "roi-transformer", "cvn", "uresnet-dense")
 
 
 def rss_mb() -> float:
@@ -91,7 +90,10 @@ def main(argv=None) -> int:
 
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
-            for m in ("uresnet",) + DENSE:
+            from sparseseg.models import FAMILIES, names
+
+            # every family that runs on whole images (the patch CNN runs per hit)
+            for m in ("uresnet",) + tuple(n for n in names(sparse=False) if FAMILIES[n].task != "patch"):
                 js = f"{tmp}/{m}.json"
                 cmd = [sys.executable, __file__, "--model", m, "-n", str(args.n), "--seed", str(args.seed),
                        "--threads", str(args.threads), "--max-width", str(args.max_width), "--json", js]

@@ -42,7 +42,6 @@ def dense_fp16_check(ckpt: dict, shipped: dict, path, n: int) -> float:
     fp16 storage leaves unchanged, on ``n`` samples the model's task simulates with seed 777."""
     import copy
 
-    from sparseseg.export import dense_from
     from sparseseg.tasks import dense_task
 
     cfg = copy.deepcopy(ckpt["config"])
@@ -50,7 +49,7 @@ def dense_fp16_check(ckpt: dict, shipped: dict, path, n: int) -> float:
     x = dense_task(cfg).validation()[0]
     decisions = []
     for state in (ckpt, shipped):
-        model = dense_from(state, path)
+        model = checkpoint.build_from(state, path).eval()
         with torch.no_grad():
             out = torch.cat([model(torch.from_numpy(x[i:i + 8])) for i in range(0, len(x), 8)])
         decisions.append((out > 0.5) if out.shape[1] == 1 else out.argmax(1))

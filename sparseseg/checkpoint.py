@@ -13,7 +13,6 @@ import torch
 
 from . import __version__
 from .atomic import write_atomic
-from .classes import CLASS_NAMES
 
 REQUIRED = ("model", "config", "classes", "version")
 
@@ -45,29 +44,52 @@ def float_state(state: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in state.items()}
 
 
-def build_from(ckpt: dict[str, Any], path: str | Path = "<checkpoint>", device: str | torch.device = "cpu"):
-    """Rebuild the model described by a checkpoint and load its weights (as float32)."""
-    from .models import build_model
+def build_from(ckpt: dict[str, Any], path: str | Path = "<checkpoint>", device: str | torch.device = "cpu",
+               name: str | None = None):
+    """Rebuild the model of any family (:data:`sparseseg.models.FAMILIES`) that a checkpoint
+    describes and load its weights (as float32). ``name`` also checks that the checkpoint holds
+    that model; ``name="uresnet-dense"`` on a sparse ``uresnet`` checkpoint gives its dense twin
+    (the same config, weights converted by
+    :func:`~sparseseg.models.dense_uresnet.convert_sparse_state_dict`). On the dense twin: the
+    two compute the same function where every pixel is active; like every ``uresnet-dense`` it
+    takes features as they reach the network (with ``input_norm: mip`` the per-image MIP
+    calibration is the caller's, see :func:`~sparseseg.models.dense_uresnet.densify`)."""
+    from .models import family
 
-    mcfg = dict(ckpt["config"]["model"])
-    name = mcfg.pop("name")
+    try:
+        mcfg = dict(ckpt["config"]["model"])
+        held = mcfg.pop("name")
+    except (KeyError, TypeError):
+        raise ValueError(f"weights file {path}: config has no model section with a name") from None
+    twin = name == "uresnet-dense" and held == "uresnet"
+    if name is not None and name != held and not twin:
+        raise ValueError(f"weights file {path}: holds model {held!r}, not {name!r}")
+    spec = family(name if twin else held)
     classes = tuple(ckpt["classes"])
-    if classes != CLASS_NAMES:
-        raise ValueError(f"weights file {path}: trained for classes {classes}, this sparseseg uses {CLASS_NAMES}")
-    model = build_model(name, **mcfg)
+    if classes != spec.classes:
+        raise ValueError(f"weights file {path}: trained for classes {classes}, this sparseseg's "
+                         f"{spec.name!r} outputs {spec.classes}")
+    model = spec.build(**mcfg)
     state = float_state(ckpt["model"])
+    if twin:
+        from .models.dense_uresnet import convert_sparse_state_dict
+
+        state = convert_sparse_state_dict(state, model.dim)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        raise ValueError(f"weights file {path}: weights do not fit model {name!r} ({first[1].strip() if len(first) > 1 else first[0]})") from None
+        lines = str(err).strip().splitlines()
+        what = "sparse uresnet weights do not convert to its dense twin" if twin else f"weights do not fit model {spec.name!r}"
+        raise ValueError(f"weights file {path}: {what} ({lines[1].strip() if len(lines) > 1 else lines[0]})") from None
     return model.to(device)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dim: int | None = None):
-    """Model and checkpoint dict from a weights file; ``dim`` checks the model's dimension."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", dim: int | None = None,
+               name: str | None = None):
+    """Model and checkpoint dict from a weights file; ``dim`` checks the model's dimension and
+    ``name`` the model it holds (see :func:`build_from`)."""
     ckpt = load(path)
-    model = build_from(ckpt, path, device)
+    model = build_from(ckpt, path, device, name)
     check_dim(model, path, dim)
     return model, ckpt
 

@@ -19,6 +19,14 @@ TRACK_SHOWER_NAMES = ("track", "shower")
 
 PLANES = ("U", "V", "Y")
 
+# Outputs of the other model families (one place for every class list; see sparseseg.models)
+ROI_CLASSES: tuple[str, ...] = ("signal",)
+"""DNN-ROI networks: one probability per (wire, time bin) that it holds true signal."""
+CVN_CLASSES: tuple[str, ...] = ("nu_mu CC", "nu_e CC", "NC")
+"""CVN event classifier, in logit order."""
+PATCH_CLASSES: tuple[str, ...] = ("EM", "track", "none", "Michel")
+"""Per-hit patch classifier: the three softmax classes, then the Michel sigmoid."""
+
 # Colours for event displays, one per class, from the colour-blind friendly Okabe-Ito palette
 # and chosen to stay apart from each other and visible on the displays' black panels:
 # HIP vermillion, MIP sky blue, shower bluish green, delta reddish purple, Michel yellow.

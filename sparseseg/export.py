@@ -18,25 +18,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .classes import CLASS_NAMES
 
-__all__ = ["FORMATS", "SPARSE_MODELS", "DEFAULT_INPUT_SHAPES", "export_model", "load_dense_checkpoint",
-           "check_export", "model_classes"]
+__all__ = ["FORMATS", "export_model", "load_dense_checkpoint", "check_export"]
 
 FORMATS = ("torchscript", "onnx")
-SPARSE_MODELS = ("uresnet",)
-"""Model-table names of spconv models (not exportable)."""
-
-DEFAULT_INPUT_SHAPES: dict[str, tuple[int, ...]] = {
-    "roi-unet": (1, 3, 128, 128),
-    "roi-mobilenetv2": (1, 3, 128, 128),
-    "roi-mobilenetv3": (1, 3, 128, 128),
-    "roi-transformer": (1, 3, 128, 128),
-    "cvn": (1, 3, 500, 500),
-    "uresnet-dense": (1, 1, 128, 128),
-    "patch-cnn": (16, 1, 48, 48),
-}
-"""Example input (B, C, H, W) per model used for tracing/checking when none is given."""
 
 
 def _sparse_error(name: str) -> ValueError:
@@ -51,89 +36,22 @@ def _sparse_error(name: str) -> ValueError:
     )
 
 
-def model_classes(name: str) -> tuple[str, ...]:
-    """Output classes a checkpoint of model ``name`` must carry."""
-    if name.startswith("roi-"):
-        return ("signal",)
-    if name == "cvn":
-        from .models.cvn import CVN_CLASSES
-
-        return tuple(CVN_CLASSES)
-    if name == "patch-cnn":
-        from .models.patch_cnn import PATCH_CLASSES
-
-        return tuple(PATCH_CLASSES)
-    return tuple(CLASS_NAMES)
-
-
 def load_dense_checkpoint(path: str | Path, name: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a dense model from a sparseseg checkpoint ({model, config, classes, version}).
-
-    ``config["model"]`` holds ``name`` and the builder's keyword arguments. When ``name`` is
-    given it must match. Returns (model in eval mode, checkpoint dict).
-    """
+    """A dense model (eval mode) and its checkpoint dict from a sparseseg weights file; ``name``
+    checks the model it holds (``uresnet-dense`` converts a sparse ``uresnet`` checkpoint to
+    its dense twin, see :func:`sparseseg.checkpoint.build_from`). A sparse model is refused
+    with what to do instead."""
     from . import checkpoint
+    from .models import FAMILIES
 
     ckpt = checkpoint.load(path)
-    return dense_from(ckpt, path, name), ckpt
-
-
-def dense_from(ckpt: dict[str, Any], path: str | Path = "<checkpoint>", name: str | None = None) -> torch.nn.Module:
-    """The dense model of an already loaded checkpoint dict (see :func:`load_dense_checkpoint`)."""
-    from .checkpoint import float_state
-    from .models import build_model
-
     try:
-        mcfg = dict(ckpt["config"]["model"])
-        ck_name = mcfg.pop("name")
+        target = name or ckpt["config"]["model"]["name"]
     except (KeyError, TypeError):
-        raise ValueError(f"weights file {path}: config has no model section with a name") from None
-    if name == "uresnet-dense" and ck_name == "uresnet":
-        return dense_twin_from(ckpt, path)
-    if name is not None and name != ck_name:
-        raise ValueError(f"weights file {path}: holds model {ck_name!r}, not {name!r}")
-    if ck_name in SPARSE_MODELS:
-        raise _sparse_error(ck_name)
-    expected = model_classes(ck_name)
-    if tuple(ckpt["classes"]) != expected:
-        raise ValueError(f"weights file {path}: classes {tuple(ckpt['classes'])} do not fit model {ck_name!r} (expected {expected})")
-    model = build_model(ck_name, **mcfg)
-    try:
-        model.load_state_dict(float_state(ckpt["model"]))
-    except RuntimeError as err:
-        lines = str(err).strip().splitlines()
-        raise ValueError(f"weights file {path}: weights do not fit model {ck_name!r} ({lines[-1].strip()})") from None
-    return model.eval()
-
-
-def dense_twin_from(ckpt: dict[str, Any], path: str | Path = "<checkpoint>") -> torch.nn.Module:
-    """The dense UResNet twin (``uresnet-dense``) of a sparse ``uresnet`` checkpoint: the same
-    config, with the sparse weights converted by
-    :func:`~sparseseg.models.dense_uresnet.convert_sparse_state_dict`.
-
-    The two compute the same function where every pixel of the image is active; on sparse
-    images they differ (the dense twin also convolves the empty pixels). Like every
-    ``uresnet-dense``, it takes the features as they reach the network: with
-    ``input_norm: mip`` the per-image MIP calibration is the caller's (see
-    :func:`~sparseseg.models.dense_uresnet.densify` with ``normalize=True``).
-    """
-    from .checkpoint import float_state
-    from .models import build_model
-    from .models.dense_uresnet import convert_sparse_state_dict
-
-    mcfg = dict(ckpt["config"]["model"])
-    mcfg.pop("name", None)
-    if tuple(ckpt["classes"]) != tuple(CLASS_NAMES):
-        raise ValueError(f"weights file {path}: classes {tuple(ckpt['classes'])} do not fit model 'uresnet-dense' "
-                         f"(expected {tuple(CLASS_NAMES)})")
-    model = build_model("uresnet-dense", **mcfg)
-    try:
-        model.load_state_dict(convert_sparse_state_dict(float_state(ckpt["model"]), model.dim))
-    except RuntimeError as err:
-        lines = str(err).strip().splitlines()
-        raise ValueError(f"weights file {path}: sparse uresnet weights do not convert to its dense twin "
-                         f"({lines[-1].strip()})") from None
-    return model.eval()
+        target = None  # build_from says what is missing
+    if target in FAMILIES and FAMILIES[target].sparse:
+        raise _sparse_error(target)
+    return checkpoint.build_from(ckpt, path, name=name).eval(), ckpt
 
 
 def _outputs(result) -> list[np.ndarray]:
@@ -191,13 +109,13 @@ def export_model(
         sparseseg checkpoint of that model, or None for randomly initialised weights (to
         test a deployment chain before training). For ``uresnet-dense`` a sparse ``uresnet``
         checkpoint (e.g. the shipped weights/uresnet2d.pt) is converted to its dense twin
-        (:func:`dense_twin_from`).
+        (:func:`sparseseg.checkpoint.build_from`).
     fmt : {"torchscript", "onnx"}
     out_path : path
         File to write (folders are created).
     example_input_shape : sequence of int, optional
         (B, C, H, W) of the example input used to trace (ONNX) and to check the export;
-        default :data:`DEFAULT_INPUT_SHAPES` [name]. In ONNX the batch and spatial axes are
+        default the family's ``example_input`` (:data:`sparseseg.models.FAMILIES`). In ONNX the batch and spatial axes are
         declared dynamic.
     model_kwargs : dict, optional
         Builder options when ``weights`` is None.
@@ -216,12 +134,13 @@ def export_model(
         For a sparse model (with what to do instead), an unknown name or format, a
         checkpoint that does not fit, or an export that does not reproduce PyTorch.
     """
-    from .models import MODELS, build_model
+    from .models import FAMILIES, names
 
-    if name in SPARSE_MODELS:
+    if name in FAMILIES and FAMILIES[name].sparse:
         raise _sparse_error(name)
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; exportable models: {', '.join(DEFAULT_INPUT_SHAPES)}")
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model {name!r}; exportable models: {', '.join(names(sparse=False))}")
+    spec = FAMILIES[name]
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     converted = None
@@ -230,16 +149,18 @@ def export_model(
         held = ckpt["config"]["model"]["name"]
         converted = held if held != name else None  # a sparse uresnet checkpoint for uresnet-dense
     else:
-        model = build_model(name, **(model_kwargs or {})).eval()
+        model = spec.build(**(model_kwargs or {})).eval()
     model = model.cpu().eval()
-    default = DEFAULT_INPUT_SHAPES.get(name, (1, 1, 64, 64))
+    default = spec.example_input
     if name == "uresnet-dense" and model.dim == 3:
         default = (1, model.in_channels, 32, 32, 32)
     shape = tuple(int(s) for s in (example_input_shape or default))
     if len(shape) < 3 or min(shape) < 1:
         raise ValueError(f"example_input_shape must be (B, C, *spatial) with positive sizes, got {shape}")
     gen = torch.Generator().manual_seed(0)
-    example = torch.rand(shape, generator=gen) * (100.0 if name in ("cvn", "uresnet-dense", "patch-cnn") else 1.0)
+    # ROI inputs are normalised waveforms; the others take ADC-like values
+    example = torch.rand(shape, generator=gen) * (1.0 if spec.task == "roi" else 100.0)
+    per_pixel = spec.task in ("roi", "segment")  # outputs with the input's spatial axes
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "torchscript":
@@ -260,7 +181,7 @@ def export_model(
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model, (example,), str(out_path), input_names=["input"], output_names=["output"],
-                dynamic_axes={"input": {0: "batch", **spatial}, "output": {0: "batch", **spatial} if name != "cvn" else {0: "batch"}},
+                dynamic_axes={"input": {0: "batch", **spatial}, "output": {0: "batch", **spatial} if per_pixel else {0: "batch"}},
                 opset_version=opset, dynamo=False,
             )
     diff = check_export(out_path, fmt, model, example, atol)

@@ -167,6 +167,7 @@ class Predictor:
     hold that model. No patch-cnn weights are shipped: patch-cnn needs ``weights``."""
     _models: dict = field(default_factory=dict)
     _bias: dict = field(default_factory=dict)
+    _task: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from .devices import check_device
@@ -201,12 +202,17 @@ class Predictor:
             name = (ckpt["config"].get("model") or {}).get("name")
             if self.model_name and name != self.model_name:
                 raise ValueError(f"weights file {path}: holds model {name!r}, not {self.model_name!r}")
-            if name == "patch-cnn":
-                from .export import dense_from
+            from .models import FAMILIES
 
+            spec = FAMILIES.get(name)
+            if spec is not None and not (spec.sparse or spec.task == "patch"):
+                raise ValueError(f"weights file {path}: holds model {name!r}, which does not segment events; "
+                                 "predict takes uresnet (sparse) or patch-cnn weights")
+            self._task[dim] = spec.task if spec is not None else None
+            if name == "patch-cnn":
                 if dim != 2:
                     raise ValueError(f"weights file {path}: patch-cnn works on 2D planes, the input events are {dim}D")
-                model = dense_from(ckpt, path, "patch-cnn").to(self.device)
+                model = build_from(ckpt, path, self.device, "patch-cnn").eval()
             else:
                 from .models.uresnet import cpu_path
 
@@ -229,9 +235,7 @@ class Predictor:
 
         model = self.model(events[0].ndim)
         out = [np.zeros((len(ev), len(CLASS_NAMES)), np.float32) for ev in events]
-        from .models.patch_cnn import PatchCNN
-
-        if isinstance(model, PatchCNN):
+        if self._task.get(events[0].ndim) == "patch":
             from .patches import score_event, to_class_scores
 
             return [to_class_scores(score_event(model, ev, device=self.device)) if len(ev) else o

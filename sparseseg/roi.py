@@ -639,40 +639,36 @@ def plot_roi_metrics(res: dict[str, Any], out_dir: str | Path) -> list[str]:
     return files
 
 
-ROI_LABELS = {"roi-unet": "UNet", "roi-mobilenetv2": "MobileNetV2", "roi-mobilenetv3": "MobileNetV3",
-              "roi-transformer": "Transformer"}
-"""Table label of each ROI network family (the shipped weights are shown under these)."""
-
-
 def shipped_roi_weights() -> dict[str, Path]:
-    """Label -> file of every shipped ROI network, in :data:`ROI_LABELS` order."""
+    """Table label -> file of every shipped ROI network, in family-table order."""
     from . import registry
+    from .models import FAMILIES, names
 
     files = {s.config.removesuffix(".yaml").replace("_", "-"): s.path for s in registry.SHIPPED.values()
              if s.config.startswith("roi_")}
-    return {label: files[name] for name, label in ROI_LABELS.items() if name in files}
+    return {FAMILIES[n].label: files[n] for n in names("roi") if n in files}
 
 
 def load_roi_models(specs: Iterable[str]) -> dict[str, Any]:
     """ROI networks from command-line specs: a checkpoint path (label: file stem) or a model
     name (random weights -- only to check the pipeline). No specs: every shipped ROI network,
-    labelled by family (:data:`ROI_LABELS`)."""
+    labelled by family (the families' table labels)."""
     from .export import load_dense_checkpoint
-    from .models import MODELS, build_model
+    from .models import FAMILIES, names
 
     specs = list(specs)
     if not specs:
         return {label: load_dense_checkpoint(path)[0] for label, path in shipped_roi_weights().items()}
     out = {}
     for spec in specs:
-        if spec in MODELS:
-            if not spec.startswith("roi-"):
-                raise ValueError(f"{spec!r} is not an ROI model (roi-unet, roi-mobilenetv2, roi-mobilenetv3, roi-transformer)")
-            out[f"{spec} (untrained)"] = build_model(spec).eval()
+        if spec in FAMILIES:
+            if FAMILIES[spec].task != "roi":
+                raise ValueError(f"{spec!r} is not an ROI model ({', '.join(names('roi'))})")
+            out[f"{spec} (untrained)"] = FAMILIES[spec].build().eval()
         else:
             model, ckpt = load_dense_checkpoint(spec)
             name = ckpt["config"]["model"]["name"]
-            if not name.startswith("roi-"):
+            if FAMILIES[name].task != "roi":
                 raise ValueError(f"weights file {spec}: holds {name!r}, not an ROI model")
             out[Path(spec).stem] = model
     return out

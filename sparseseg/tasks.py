@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .classes import CVN_CLASSES, PATCH_CLASSES, ROI_CLASSES
 from .metrics import binary_scores, classification_table
 
 
@@ -70,7 +71,7 @@ def _dense_step(net, micro_batches, device, precision, sync, loss_fn, correct_fn
 class ROITask:
     """DNN-ROI networks on simulated single-plane waveform images (see :mod:`sparseseg.roi`)."""
 
-    classes = ["signal"]
+    classes = list(ROI_CLASSES)
 
     def __init__(self, cfg: dict) -> None:
         from .roi import ROIConfig
@@ -123,8 +124,6 @@ class CVNTask:
     """The CVN event classifier on simulated 3-view interactions (see :mod:`sparseseg.models.cvn`)."""
 
     def __init__(self, cfg: dict) -> None:
-        from .models.cvn import CVN_CLASSES
-
         self.cfg = cfg
         self.classes = list(CVN_CLASSES)
         self.preset = cfg["data"]["simulate"] or "crop512"
@@ -187,8 +186,6 @@ class PatchTask:
     1.0 x BCE(Michel), as the published network."""
 
     def __init__(self, cfg: dict) -> None:
-        from .models.patch_cnn import PATCH_CLASSES
-
         self.cfg = cfg
         self.classes = list(PATCH_CLASSES)
         self.preset = cfg["data"]["simulate"] or "crop512"
@@ -256,13 +253,13 @@ class PatchTask:
                 "michel_auc": float(roc_auc_score(true, p)) if 0 < true.sum() < len(true) else None}
 
 
+TASKS = {"roi": ROITask, "cvn": CVNTask, "patch": PatchTask}
+"""Task name of a model family (:data:`sparseseg.models.FAMILIES`) -> its dense task class."""
+
+
 def dense_task(cfg: dict):
-    """The task of a dense model config, or None for the sparse segmentation models."""
-    name = cfg["model"]["name"]
-    if name == "patch-cnn":
-        return PatchTask(cfg)
-    if name.startswith("roi-"):
-        return ROITask(cfg)
-    if name == "cvn":
-        return CVNTask(cfg)
-    return None
+    """The task of a dense model config, or None for the segmentation models."""
+    from .models import family
+
+    task = TASKS.get(family(cfg["model"]["name"]).task)
+    return task(cfg) if task is not None else None

@@ -38,7 +38,7 @@ def test_round_trip_and_fp16_slim(tmp_path):
 def test_bad_weight_files(tmp_path):
     p = tmp_path / "w.pt"
     assert _err(_save(p, classes=["track", "shower"])) == \
-        f"weights file {p}: trained for classes ('track', 'shower'), this sparseseg uses {tuple(CLASSES)}"
+        f"weights file {p}: trained for classes ('track', 'shower'), this sparseseg's 'uresnet' outputs {tuple(CLASSES)}"
     assert _err(_save(p, dict(TINY, name="nope"), state={})).startswith("unknown model 'nope'; available: cvn, patch-cnn, roi-mobilenetv2")
     assert _err(_save(p), dim=3) == f"weights file {p}: model is 2D but the input events are 3D"
     other = build_model("uresnet", dim=2, depth=2, filters=8, reps=1).state_dict()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sparseseg import Event
-from sparseseg.models import MODELS, build_model
+from sparseseg.models import FAMILIES, build_model, family, names
 from sparseseg.metrics import classification_table, format_classification_table
 from sparseseg.models.cvn import CVN_CLASSES, SEResBlock
 from sparseseg.models.dense_uresnet import convert_sparse_state_dict, densify, predict_events
@@ -114,9 +114,26 @@ def test_classification_table_hand_example():
         classification_table([0, 3], [0, 1], 3, CVN_CLASSES)
 
 
-def test_model_table_has_dense_models():
-    for name in ("uresnet-dense", "roi-unet", "roi-mobilenetv2", "roi-mobilenetv3", "roi-transformer", "cvn"):
-        assert name in MODELS
+def test_family_table():
+    assert names() == ("uresnet", "uresnet-dense", "roi-unet", "roi-mobilenetv2", "roi-mobilenetv3",
+                       "roi-transformer", "cvn", "patch-cnn")
+    assert names("roi") == ("roi-unet", "roi-mobilenetv2", "roi-mobilenetv3", "roi-transformer")
+    assert names(sparse=True) == ("uresnet",)
+    assert [FAMILIES[n].label for n in names("roi")] == ["UNet", "MobileNetV2", "MobileNetV3", "Transformer"]
+    assert family("cvn").classes == ("nu_mu CC", "nu_e CC", "NC")
+    assert family("roi-unet").classes == ("signal",)
+    assert family("uresnet-dense").classes == family("uresnet").classes == ("HIP", "MIP", "shower", "delta", "Michel")
+    with pytest.raises(ValueError, match=r"^unknown model 'nope'; available: cvn, patch-cnn, roi-mobilenetv2, "):
+        family("nope")
+    # every dense family runs on its example input and outputs one channel per class
+    torch.manual_seed(0)
+    for name in names(sparse=False):
+        spec = family(name)
+        with torch.no_grad():
+            out = build_model(name).eval()(torch.rand(spec.example_input))
+        b, h, w = spec.example_input[0], spec.example_input[2], spec.example_input[3]
+        per_pixel = spec.task in ("roi", "segment")
+        assert tuple(out.shape) == ((b, len(spec.classes), h, w) if per_pixel else (b, len(spec.classes))), name
     with pytest.raises(ValueError, match="unknown option"):
         build_model("roi-unet", nonsense=1)
 

@@ -1,5 +1,6 @@
 """Per-hit patch classifier: patches, targets, sampling, training, predict layout, export."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from sparseseg.io import EventFile, write_events
 from sparseseg.models import build_model
 from sparseseg.patches import extract_patches, patch_targets, sample_hits, score_event, to_class_scores
 from sparseseg.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _event():
@@ -81,5 +84,11 @@ def test_train_predict_evaluate_export(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "ev.h5"), "-o", str(tmp_path / "q.h5"), "--model", "uresnet",
                  "--weights", w, "-q"]) == 2
     assert "holds model 'patch-cnn', not 'uresnet'" in capsys.readouterr().err
+    # weights of a family that does not segment events are refused by name
+    roi = ROOT / "weights" / "roi_unet.pt"
+    assert main(["predict", str(tmp_path / "ev.h5"), "-o", str(tmp_path / "r.h5"), "--weights", str(roi), "-q"]) == 2
+    assert (f"weights file {roi}: holds model 'roi-unet', which does not segment events; predict takes uresnet "
+            "(sparse) or patch-cnn weights") in capsys.readouterr().err
+    assert not (tmp_path / "r.h5").exists()
     r = export_model("patch-cnn", w, "onnx", tmp_path / "p.onnx")
     assert r["max_abs_diff"] <= 1e-4 and r["output_shape"] == [16, 4]

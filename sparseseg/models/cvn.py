@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..classes import CVN_CLASSES
 from . import config_from, require_positive
 from .unet import SqueezeExcite
 
@@ -32,8 +33,6 @@ __all__ = [
     "balanced_indices",
 ]
 
-CVN_CLASSES = ("nu_mu CC", "nu_e CC", "NC")
-"""Output classes, in logit order."""
 TOPOLOGY_CLASS = {"ccmu": 0, "cce": 1, "ncpi0": 2}
 """Simulator topology -> CVN class index."""
 

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..classes import PATCH_CLASSES  # noqa: F401  (output meaning, re-exported)
 from . import config_from, require_positive
 
-PATCH_CLASSES = ("EM", "track", "none", "Michel")
-"""Output meaning: the three softmax classes, then the Michel sigmoid."""
 
 
 @dataclass
