@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..classes import PATCH_CLASSES  # noqa: F401  (output meaning, re-exported)
 from . import config_from, require_positive
 
 
