@@ -20,7 +20,8 @@ import time
 import numpy as np
 
 from sparseseg import Event
-from sparseseg.io import EventFile, h5, write_events
+from sparseseg.io import EventFile, write_events
+from sparseseg.io import format as h5
 
 SHAPE = (1008, 3456)
 

@@ -118,7 +118,7 @@ def last_line(text: str) -> str:
 
 
 def stop_message_ok(stderr: str, sig: str, out: str) -> str:
-    from sparseseg.io.h5 import partial_events
+    from sparseseg.io import partial_events
 
     lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
     if len(lines) != 1:

@@ -225,9 +225,9 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import gc
     import pickle
 
-    from .losses import weighted_cross_entropy
     from .models import build_model
-    from .train import _labels, resolve_precision
+    from .tasks.segment import SegmentationTask as task
+    from .train import resolve_precision
     from .weighting import WeightConfig, pixel_weights
 
     variant = spec["train"]
@@ -251,12 +251,12 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     pixels = []
     for i, events in enumerate(batches):
         t0 = time.perf_counter()
-        w = torch.from_numpy(pixel_weights(events, wcfg))
-        labels = _labels(events)
+        # the training step's parts, timed apart (sparseseg.tasks.accumulated_step runs them as one)
+        _, target, _ = task.prepare((events, pixel_weights(events, wcfg)), "cpu")
         t1 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = model(events)
-        loss = weighted_cross_entropy(logits.float(), labels, w)
+        loss = task.loss(logits.float(), target)
         t2 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss.backward()

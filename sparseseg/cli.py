@@ -101,7 +101,7 @@ def _stop_on_signals():
     """Turn SIGTERM/SIGINT/SIGHUP into :class:`Stopped`, raised outside a writer's segment write."""
     import signal
 
-    from .io.h5 import when_safe
+    from .io.writer import when_safe
 
     got: list[int] = []
 
@@ -888,7 +888,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _stopped_message(command: str, stop: Stopped) -> str:
     import signal
 
-    from .io.h5 import PARTIAL_SUFFIX, partial_events
+    from .io.format import PARTIAL_SUFFIX
+    from .io.writer import partial_events
 
     name = signal.Signals(stop.signum).name
     out = stop.output

@@ -62,6 +62,18 @@ class Event:
         self.shape = tuple(int(s) for s in self.shape)
         self.validate()
 
+    @classmethod
+    def trusted(cls, **fields: Any) -> "Event":
+        """An Event from fields already known to be valid (read back from a file its writer
+        validated), without re-running :meth:`validate` -- about half the time of a read."""
+        event = cls.__new__(cls)
+        event.__dict__.update(fields)
+        event.shape = tuple(int(s) for s in event.shape)
+        event.meta = event.__dict__.get("meta") or {}
+        for name in ("labels", "clusters", "vertices"):
+            event.__dict__.setdefault(name, None)
+        return event
+
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Check dtypes, shapes, ranges and uniqueness; raise ``ValueError`` naming the field."""

@@ -433,7 +433,7 @@ def predict_file(path: str, output: str, predictor: Predictor, progress: bool = 
 
     from . import __version__
     from .io import EventWriter, open_event_file
-    from .io.h5 import _RESERVED_ATTRS
+    from .io import RESERVED_ATTRS
 
     if same_path(path, output):
         raise ValueError(f"-o {output}: is the input file {path}; choose another output name")
@@ -445,7 +445,7 @@ def predict_file(path: str, output: str, predictor: Predictor, progress: bool = 
     clipped_total = 0
     with open_event_file(path) as f:
         attrs = {k: v for k, v in f.attrs.items()
-                 if isinstance(v, (int, float, str)) and k not in _RESERVED_ATTRS}
+                 if isinstance(v, (int, float, str)) and k not in RESERVED_ATTRS}
         if f.attrs.get("format") == "pilarnet-m":
             attrs["source_format"] = "pilarnet-m"
         attrs["source_file"] = str(Path(path).name)

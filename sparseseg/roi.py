@@ -71,7 +71,6 @@ __all__ = [
     "charge_metrics",
     "charge_profile",
     "predict_mask",
-    "train_roi",
     "roi_evaluate",
     "format_roi_tables",
     "plot_roi_metrics",
@@ -454,49 +453,6 @@ def predict_mask(model, sample: ROISample, config: ROIConfig, threshold: float =
     with torch.no_grad():
         prob = model(torch.from_numpy(sample.inputs[None]))[0, 0].cpu().numpy()
     return prob_to_mask(prob, config.rebin, config.n_ticks, threshold)
-
-
-def train_roi(name: str, steps: int = 100, batch: int = 4, n_train: int = 32, lr: float = 0.1, momentum: float = 0.9,
-              seed: int = 0, config: ROIConfig | None = None, out: str | Path | None = None,
-              model_kwargs: dict | None = None, data: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Any, list[float]]:
-    """Train ROI network ``name`` with BCE and SGD (lr 0.1, momentum 0.9, as DNN-ROI).
-
-    ``n_train`` samples from :func:`roi_dataset` (or ``data`` = (inputs, targets)) are
-    cycled in mini-batches of ``batch`` for ``steps`` steps. With ``out`` a sparseseg
-    checkpoint is written ({model, config: {model: {name, ...}, roi: {...}}, classes:
-    ["signal"], version, step}) that :func:`sparseseg.export.export_model` and
-    :func:`roi_evaluate` read. Returns (model in eval mode, per-step losses).
-    """
-    import torch
-
-    from . import __version__, checkpoint
-    from .models import build_model
-
-    c = config or ROIConfig()
-    torch.manual_seed(seed)
-    model = build_model(name, **(model_kwargs or {}))
-    x, y = data if data is not None else roi_dataset(n_train, seed, c)
-    x, y = torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y))
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    loss_fn = torch.nn.BCELoss()
-    gen = torch.Generator().manual_seed(seed)
-    losses = []
-    model.train()
-    for step in range(steps):
-        idx = torch.randperm(len(x), generator=gen)[:batch]
-        opt.zero_grad()
-        loss = loss_fn(model(x[idx]).clamp(1e-6, 1 - 1e-6), y[idx])
-        loss.backward()
-        opt.step()
-        losses.append(float(loss))
-    model.eval()
-    if out is not None:
-        from dataclasses import asdict as _asdict
-
-        cfg = {"model": {"name": name, **_asdict(model.config)}, "roi": asdict(c)}
-        checkpoint.save(out, {"model": model.state_dict(), "config": cfg, "classes": ["signal"],
-                              "version": __version__, "step": steps, "losses": losses})
-    return model, losses
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -1,4 +1,7 @@
-"""Training loop for segmentation models: one machine or many (torchrun + DDP).
+"""The one training loop of every model family: one machine or many (torchrun + DDP).
+
+What differs between families (data, loss, metrics) is their task (:mod:`sparseseg.tasks`);
+schedule, accumulation, precision, weight average, checkpoints, resume and logs are here.
 
 Data for step s is a pure function of (config, s, rank), so a run resumed from a checkpoint
 sees exactly the batches an uninterrupted run would have seen, and the weights come out the
@@ -6,144 +9,20 @@ same bit for bit on CPU.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import sys
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import __version__, checkpoint
 from .atomic import write_text
-from .classes import CLASS_NAMES, IGNORE, NUM_CLASSES
 from .config import resolve
-from .losses import weighted_cross_entropy
-from .metrics import confusion_matrix, summarize
-from .weighting import WeightConfig, pixel_weights
-
-
-# --------------------------------------------------------------------------- data
-def draw_conditions(augment: dict | None, preset: str, seed: int, k: int):
-    """Detector conditions for simulated training interaction ``k`` under ``data.augment``
-    (None: the preset's nominal detector). A pure function of (augment, seed, k), so a resumed
-    run sees the same images. Gains are drawn log-uniformly (overall) times a log-normal
-    per-plane spread; noise, coherent noise, dead-wire bands and the threshold uniformly
-    (the threshold stays at 10 ADC in half of the augmented interactions)."""
-    if not augment:
-        return None
-    import dataclasses
-
-    from .simulate.detector import default_conditions
-
-    rng = np.random.default_rng([int(seed), int(k), 0xA06])
-    if rng.random() >= float(augment["probability"]):
-        return None
-    base = default_conditions(preset)
-    lo, hi = augment["gain"]
-    gain = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-    if preset == "pilarnet":  # 3D volumes: only the overall scale applies
-        return dataclasses.replace(base, gain=gain)
-    plane = tuple(float(x) for x in np.exp(rng.normal(0.0, float(augment["plane_gain_spread"]), 3)))
-    thr_lo, thr_hi = augment["threshold"]
-    threshold = float(rng.uniform(thr_lo, thr_hi)) if rng.random() < 0.5 else float(thr_lo)
-    return dataclasses.replace(
-        base, gain=gain, plane_gain=plane, noise_adc=float(rng.uniform(*augment["noise"])),
-        coherent_noise_adc=float(rng.uniform(*augment["coherent"])),
-        extra_dead_bands=int(rng.integers(augment["dead_bands"][0], augment["dead_bands"][1] + 1)),
-        threshold=threshold)
-
-
-class ImageSource:
-    """Images by global index j: simulated on the fly, or read from HDF5 file(s)."""
-
-    def __init__(self, data_cfg: dict, seed: int | None = None, files=None) -> None:
-        self.preset = data_cfg["simulate"] if files is None else None
-        self.seed = int(data_cfg["seed"] if seed is None else seed)
-        self.planes = data_cfg.get("planes")
-        self.augment = data_cfg.get("augment")
-        self.label_rule = data_cfg.get("label_rule", "visible")
-        self.files = files if files is not None else data_cfg["train"]
-        self._cache: OrderedDict[int, list] = OrderedDict()
-        self._dataset = None
-        self._perm: dict[int, np.ndarray] = {}
-        if self.preset is not None:
-            from .simulate import PRESETS
-
-            if self.preset not in PRESETS:
-                raise ValueError(f"config: data.simulate {self.preset!r} unknown; presets: {', '.join(PRESETS)}")
-            self.views = 1 if self.preset == "pilarnet" else (len(self.planes) if self.planes else 3)
-
-    def _interaction(self, k: int) -> list:
-        if k not in self._cache:
-            from .simulate import simulate_interaction
-
-            cond = draw_conditions(self.augment, self.preset, self.seed, k)
-            evs = simulate_interaction(self.preset, self.seed, k, conditions=cond, label_rule=self.label_rule)
-            if self.planes:
-                evs = [e for e in evs if e.plane in self.planes]
-            self._cache[k] = evs
-            while len(self._cache) > 8:
-                self._cache.popitem(last=False)
-        return self._cache[k]
-
-    def _files(self):
-        if self._dataset is None:
-            from .io import EventDataset
-
-            files = [self.files] if isinstance(self.files, (str, Path)) else list(self.files)
-            self._dataset = EventDataset([str(f) for f in files])
-            if len(self._dataset) == 0:
-                raise ValueError(f"training files {files} hold no events")
-        return self._dataset
-
-    def __len__(self) -> int:
-        return len(self._files()) if self.preset is None else 2**62
-
-    def get(self, j: int):
-        if self.preset is not None:
-            return self._interaction(j // self.views)[j % self.views]
-        ds = self._files()
-        n = len(ds)
-        epoch, pos = divmod(j, n)
-        if epoch not in self._perm:
-            self._perm = {epoch: np.random.default_rng([self.seed, epoch]).permutation(n)}
-        return ds[int(self._perm[epoch][pos])]
-
-
-class StepBatches(torch.utils.data.Dataset):
-    """Item s = (events, pixel weights) of training step s on this rank."""
-
-    def __init__(self, source: ImageSource, batch_size: int, weight_cfg: WeightConfig, rank: int = 0, world: int = 1,
-                 accumulate: int = 1) -> None:
-        self.source, self.batch_size, self.weight_cfg = source, batch_size, weight_cfg
-        self.accumulate = int(accumulate)
-        self.rank, self.world = rank, world
-
-    def __len__(self) -> int:
-        return 2**62
-
-    def __getitem__(self, step: int):
-        """The ``accumulate`` micro-batches of step ``step``: a list of (events, weights)."""
-        out = []
-        for j in range(self.accumulate):
-            first = ((step * self.world + self.rank) * self.accumulate + j) * self.batch_size
-            events = [self.source.get(first + b) for b in range(self.batch_size)]
-            out.append((events, pixel_weights(events, self.weight_cfg)))
-        return out
-
-
-def _identity(x):
-    return x
-
-
-def _labels(events) -> torch.Tensor:
-    return torch.from_numpy(np.concatenate([e.labels for e in events]).astype(np.int64))
+from .tasks import accumulated_step, task_for
 
 
 def init_weights(model: torch.nn.Module, path) -> None:
@@ -157,35 +36,6 @@ def init_weights(model: torch.nn.Module, path) -> None:
                          f"(first mismatch: {(bad or sorted(set(state) - set(own)))[0]}); "
                          "use the same model section as the run that wrote it")
     model.load_state_dict(state)
-
-
-def accumulated_step(net, micro_batches, device, precision: str = "fp32", sync=None):
-    """Forward and backward over micro-batches [(events, weights), ...] so that the summed
-    gradient equals that of one batch holding all of them: each micro-batch's weighted mean
-    loss is scaled by its share of the step's total pixel weight. ``sync`` (DDP's ``no_sync``)
-    skips the gradient all-reduce on all but the last micro-batch.
-    Returns (loss of the whole step, pixel accuracy)."""
-    parts = []
-    for events, weights in micro_batches:
-        labels = _labels(events).to(device)
-        w = torch.from_numpy(weights).to(device)
-        parts.append((events, labels, w, float((w * (labels != IGNORE)).sum())))
-    total = sum(p[3] for p in parts) or 1.0
-    loss_sum, correct, counted = 0.0, 0, 0
-    for i, (events, labels, w, share) in enumerate(parts):
-        ctx = sync() if sync is not None and i < len(parts) - 1 else contextlib.nullcontext()
-        with ctx:
-            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
-                                enabled=precision == "bf16"):
-                logits = net(events)
-            loss = weighted_cross_entropy(logits.float(), labels, w) * (share / total)
-            loss.backward()
-        loss_sum += float(loss.detach())
-        with torch.no_grad():
-            valid = labels != IGNORE
-            correct += int((logits.argmax(1)[valid] == labels[valid]).sum())
-            counted += int(valid.sum())
-    return loss_sum, correct / max(1, counted)
 
 
 def resolve_precision(precision: str, device, sparse: bool, dim: int = 2) -> str:
@@ -236,63 +86,11 @@ def make_optimizer(params, t: dict) -> torch.optim.Optimizer:
     return cls(params, lr=t["lr"], weight_decay=t["weight_decay"])
 
 
-# --------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate_events(model, events, batch_size: int = 8) -> dict[str, Any]:
-    """Loss (unweighted CE), accuracy and per-class efficiency of ``model`` on ``events``."""
-    was_training = model.training
-    model.eval()
-    cm = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
-    loss_sum, n_sum = 0.0, 0
-    for i in range(0, len(events), batch_size):
-        chunk = events[i : i + batch_size]
-        logits = model(chunk)
-        labels = _labels(chunk)
-        valid = labels != IGNORE
-        n = int(valid.sum())
-        if n:
-            loss_sum += float(weighted_cross_entropy(logits, labels)) * n
-            n_sum += n
-            cm += confusion_matrix(labels[valid].numpy(), logits.argmax(1)[valid].numpy())
-    model.train(was_training)
-    s = summarize(cm)
-    return {
-        "loss": loss_sum / max(1, n_sum),
-        "accuracy": s["accuracy"] or 0.0,
-        "track_shower_accuracy": s["track_shower_accuracy"] or 0.0,
-        "efficiency": s["efficiency"],
-    }
-
-
-class SegmentationTask:
-    """Pixel segmentation with the sparse models (see :mod:`sparseseg.tasks` for the interface)."""
-
-    classes = list(CLASS_NAMES)
-
-    def __init__(self, cfg: dict) -> None:
-        self.cfg = cfg
-
-    def batches(self, rank: int, world: int) -> StepBatches:
-        t = self.cfg["train"]
-        wcfg = WeightConfig(**{k: v for k, v in self.cfg["weights"].items()})
-        return StepBatches(ImageSource(self.cfg["data"]), t["batch_size"], wcfg, rank, world, t["accumulate"])
-
-    def step(self, net, micro_batches, device, precision="fp32", sync=None):
-        return accumulated_step(net, micro_batches, device, precision, sync)
-
-    def validation(self) -> list:
-        d = self.cfg["data"]
-        if d["val"]:
-            vsrc = ImageSource(d, files=d["val"])
-            return [vsrc._files()[i] for i in range(min(len(vsrc), d["val_images"]))]
-        vsrc = ImageSource(dict(d, augment=None), seed=d["val_seed"])  # nominal detector
-        return [vsrc.get(j) for j in range(d["val_images"])]
-
-    def evaluate(self, model, events, batch_size: int = 8) -> dict[str, Any]:
-        return evaluate_events(model, events, batch_size)
-
-
 # --------------------------------------------------------------------------- the loop
+def _identity(x):
+    return x
+
+
 def _dist_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
@@ -418,6 +216,93 @@ class WeightAverage:
         self.updates = int(state["updates"])
 
 
+def _resume(ckpt_path: Path, cfg: dict, precision: str, model, optimizer, ema, rank: int):
+    """Load a run's checkpoint into model, optimizer and weight average after checking that
+    it fits this run; returns (start step, best, stale count, the metrics log kept)."""
+    t = cfg["train"]
+    best = {"accuracy": -1.0}
+    if not ckpt_path.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+    ckpt = checkpoint.load(ckpt_path)
+    if ckpt.get("precision", precision) != precision:
+        raise ValueError(f"--resume: {ckpt_path} was trained in {ckpt['precision']}, this run would use {precision}; "
+                         f"set train.precision: {ckpt['precision']} to continue it")
+    changes = check_resume_config(ckpt["config"], cfg, ckpt_path)
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ema is not None:
+            if "ema" not in ckpt:
+                raise ValueError("it holds no weight average (train.ema was off)")
+            ema.load_state_dict(ckpt["ema"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"--resume: {ckpt_path} does not fit this model or optimizer ({first}); "
+                         "train into a new --out") from None
+    start = int(ckpt["step"])
+    best = ckpt.get("best", best)
+    stale = int(ckpt.get("stale", 0))
+    log = _read_log(ckpt_path.parent / "metrics.jsonl", start)
+    if rank == 0:
+        print(f"resuming at step {start} of {t['max_steps']} from {ckpt_path}", file=sys.stderr)
+        if changes:
+            log.append({"step": start, "resume_changed": {k: [a, b] for k, (a, b) in changes.items()}})
+            _write_log(ckpt_path.parent / "metrics.jsonl", log)
+            listed = ", ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in changes.items())
+            print(f"sparseseg train: warning: resuming with changed {listed} (recorded in "
+                  f"{ckpt_path.parent / 'metrics.jsonl'})", file=sys.stderr)
+    return start, best, stale, log
+
+
+def _validate(task, judged, val_data, done: int, cfg: dict, precision: str, best: dict, stale: int,
+              log: list, out: Path):
+    """Score ``judged`` (the model, or its weight average) on the validation set, log it, and
+    write best.pt when its accuracy is the best so far; returns (metrics, best, stale count)."""
+    metrics = task.evaluate(judged, val_data, cfg["train"]["batch_size"])
+    log.append({"step": done, **{f"val_{k}": v for k, v in metrics.items()}})
+    if metrics["accuracy"] <= best["accuracy"]:
+        return metrics, best, stale + 1
+    checkpoint.save(out / "best.pt", {"model": judged.state_dict(), "step": done, "config": cfg,
+                                      "classes": list(task.classes), "version": __version__,
+                                      "metrics": metrics, "precision": precision})
+    return metrics, {"accuracy": metrics["accuracy"], "step": done}, 0
+
+
+def _start_processes(t: dict) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process; joins the process group under torchrun,
+    sets the thread count and the seed."""
+    from .devices import check_device
+
+    rank, world = _dist_info()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group(backend="nccl" if t["device"] == "cuda" else "gloo")
+    device = check_device(t["device"], "config: train.device", fix="train.device: cpu")
+    if t["threads"]:
+        torch.set_num_threads(int(t["threads"]))
+    torch.manual_seed(int(t["seed"]))
+    return rank, world, device
+
+
+def _finish(model, log: list, out: Path, step: int, rank: int, world: int) -> None:
+    """Record the final weights' digest (each rank's, under DDP: replicas must agree), write
+    the log and the loss curve, leave the process group."""
+    digests = [weights_digest(model)]
+    if world > 1:
+        digests = [None] * world
+        torch.distributed.all_gather_object(digests, weights_digest(model))
+    if rank == 0:
+        log.append({"step": step, "weights_sha256": digests})
+        _write_log(out / "metrics.jsonl", log)
+        from .plots import loss_curve
+
+        loss_curve(log, str(out / "loss_curve.png"))
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | None = None,
           progress: bool = True, callback=None) -> dict[str, Any]:
     """Train the model described by ``config`` (see :mod:`sparseseg.config`) into folder ``out``.
@@ -438,23 +323,12 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
         cfg["train"]["max_steps"] = int(max_steps)
     t = cfg["train"]
     out = Path(out)
-    rank, world = _dist_info()
+    rank, world, device = _start_processes(t)
     distributed = world > 1
-    if distributed:
-        import torch.distributed as dist
+    from .models import family
 
-        dist.init_process_group(backend="nccl" if t["device"] == "cuda" else "gloo")
-    from .devices import check_device
-
-    device = check_device(t["device"], "config: train.device", fix="train.device: cpu")
-    if t["threads"]:
-        torch.set_num_threads(int(t["threads"]))
-    torch.manual_seed(int(t["seed"]))
-
-    from .tasks import dense_task
-
-    task = dense_task(cfg) or SegmentationTask(cfg)
-    precision = resolve_precision(t["precision"], device, isinstance(task, SegmentationTask),
+    task = task_for(cfg)
+    precision = resolve_precision(t["precision"], device, family(cfg["model"]["name"]).sparse,
                                   int(cfg["model"].get("dim", 2)))
     mcfg = dict(cfg["model"])
     model = build_model(mcfg.pop("name"), **mcfg).to(device)
@@ -465,36 +339,7 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
     best = {"accuracy": -1.0}
     stale = 0
     if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        ckpt = checkpoint.load(ckpt_path)
-        if ckpt.get("precision", precision) != precision:
-            raise ValueError(f"--resume: {ckpt_path} was trained in {ckpt['precision']}, this run would use {precision}; "
-                             f"set train.precision: {ckpt['precision']} to continue it")
-        changes = check_resume_config(ckpt["config"], cfg, ckpt_path)
-        try:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if ema is not None:
-                if "ema" not in ckpt:
-                    raise ValueError("it holds no weight average (train.ema was off)")
-                ema.load_state_dict(ckpt["ema"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"--resume: {ckpt_path} does not fit this model or optimizer ({first}); "
-                             "train into a new --out") from None
-        start = int(ckpt["step"])
-        best = ckpt.get("best", best)
-        stale = int(ckpt.get("stale", 0))
-        log = _read_log(out / "metrics.jsonl", start)
-        if rank == 0:
-            print(f"resuming at step {start} of {t['max_steps']} from {ckpt_path}", file=sys.stderr)
-            if changes:
-                log.append({"step": start, "resume_changed": {k: [a, b] for k, (a, b) in changes.items()}})
-                _write_log(out / "metrics.jsonl", log)
-                listed = ", ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in changes.items())
-                print(f"sparseseg train: warning: resuming with changed {listed} (recorded in "
-                      f"{out / 'metrics.jsonl'})", file=sys.stderr)
+        start, best, stale, log = _resume(ckpt_path, cfg, precision, model, optimizer, ema, rank)
     else:
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
@@ -540,7 +385,7 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
             g["lr"] = learning_rate(step, t)
         net.train()
         optimizer.zero_grad(set_to_none=True)
-        loss, acc = task.step(net, micro_batches, device, precision, net.no_sync if distributed else None)
+        loss, acc = accumulated_step(net, micro_batches, task, device, precision, net.no_sync if distributed else None)
         optimizer.step()
         if ema is not None:
             ema.update(model)
@@ -557,18 +402,10 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
             bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['accuracy']:.3f}")
             run_loss, run_acc, run_n, t_data, t_step = 0.0, 0.0, 0, 0.0, 0.0
         if rank == 0 and (done % t["val_every"] == 0 or done == t["max_steps"]):
-            judged = ema.model if ema is not None else model
-            last_val = task.evaluate(judged, val_data, t["batch_size"])
-            log.append({"step": done, **{f"val_{k}": v for k, v in last_val.items()}})
-            if last_val["accuracy"] > best["accuracy"]:
-                best = {"accuracy": last_val["accuracy"], "step": done}
-                stale = 0
-                checkpoint.save(out / "best.pt", {"model": judged.state_dict(), "step": done, "config": cfg,
-                                                  "classes": list(task.classes), "version": __version__,
-                                                  "metrics": last_val, "precision": precision})
-            else:
-                stale += 1
-            tqdm.write(f"step {done}: val loss {last_val['loss']:.4f} accuracy {last_val['accuracy']:.4f}") if progress else None
+            last_val, best, stale = _validate(task, ema.model if ema is not None else model, val_data, done, cfg,
+                                              precision, best, stale, log, out)
+            if progress:
+                tqdm.write(f"step {done}: val loss {last_val['loss']:.4f} accuracy {last_val['accuracy']:.4f}")
             if t["early_stopping"] and stale >= t["early_stopping"]:
                 stop = True
         if distributed:
@@ -586,18 +423,5 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
                 tqdm.write(f"early stopping at step {done}: no better validation accuracy in {stale} checks")
             break
     bar.close()
-    digests = [weights_digest(model)]
-    if distributed:  # replicas must hold the same weights; record what each rank has
-        digests = [None] * world
-        torch.distributed.all_gather_object(digests, weights_digest(model))
-    if rank == 0:
-        log.append({"step": step + 1, "weights_sha256": digests})
-        _write_log(out / "metrics.jsonl", log)
-    if rank == 0 and log:
-        from .plots import loss_curve
-
-        loss_curve(log, str(out / "loss_curve.png"))
-    if distributed:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    _finish(model, log, out, step + 1, rank, world)
     return {"step": step + 1 if t["max_steps"] > start else start, "val": last_val, "best": best}

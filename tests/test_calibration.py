@@ -69,7 +69,7 @@ def test_input_norm_makes_the_model_gain_free(dim):
 
 def test_augmentation_config_and_draws():
     from sparseseg.config import AUGMENT_DEFAULTS, resolve
-    from sparseseg.train import draw_conditions
+    from sparseseg.tasks.segment import draw_conditions
 
     cfg = resolve({"data": {"augment": True}})
     assert cfg["data"]["augment"] == AUGMENT_DEFAULTS

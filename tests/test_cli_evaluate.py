@@ -18,7 +18,7 @@ from sparseseg import Event, checkpoint
 from sparseseg.cli import main
 from sparseseg.infer import EXTRAS, Predictor, evaluate_files, predict_file
 from sparseseg.io import EventFile, EventWriter, write_events
-from sparseseg.io import h5 as h5mod
+from sparseseg.io import writer as h5mod
 from sparseseg.models import build_model
 
 from conftest import random_event

@@ -9,7 +9,7 @@ import yaml
 from sparseseg.cli import main
 from sparseseg.config import resolve
 from sparseseg.export import export_model, load_dense_checkpoint
-from sparseseg.tasks import ROITask
+from sparseseg.tasks.roi import ROITask
 from sparseseg.train import train
 
 from conftest import train_stopped_then_resumed

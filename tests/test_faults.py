@@ -20,7 +20,7 @@ from sparseseg import checkpoint
 from sparseseg.cli import main
 from sparseseg.infer import Predictor, predict_file
 from sparseseg.io import EventFile, EventWriter, write_events
-from sparseseg.io import h5 as h5mod
+from sparseseg.io import writer as h5mod
 from sparseseg.models import build_model
 from sparseseg.simulate import simulate
 

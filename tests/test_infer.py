@@ -75,7 +75,7 @@ def test_output_layout_matches_direct_prediction(files, tmp_path):
 KILLER = """
 import os, signal, sys
 from sparseseg import infer
-from sparseseg.io import h5
+from sparseseg.io import writer as h5
 h5.BUFFER_EVENTS = 4  # flush every 4 images, so the kill lands after one flush, mid-interaction
 calls = [0]
 real = infer.Predictor.predict

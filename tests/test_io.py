@@ -23,7 +23,7 @@ from sparseseg.io import (
     EventWriter,
     write_events,
 )
-from sparseseg.io import h5 as h5mod
+from sparseseg.io import format as h5format
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -303,7 +303,7 @@ def test_writer_resume_after_hard_kill(tmp_path):
         import numpy as np
         sys.path.insert(0, {REPO!r})
         from sparseseg import Event
-        from sparseseg.io import EventWriter, h5
+        from sparseseg.io import EventWriter, writer as h5
         h5.BUFFER_EVENTS = 4
         rng = np.random.default_rng(0)
         w = EventWriter({str(path)!r}, attrs={{"k": 1}})
@@ -589,7 +589,7 @@ def test_reader_without_validation_gives_same_events(tmp_path, rng):
 
 def test_module_constants():
     assert FORMAT_NAME == "sparseseg-events" and FORMAT_VERSION == 1
-    assert h5mod.COMPRESSION in ("gzip", "lzf")
+    assert h5format.COMPRESSION in ("gzip", "lzf")
 
 
 def test_file_permissions_and_index_types(tmp_path, rng):

@@ -90,7 +90,8 @@ def test_accumulation_equals_one_large_batch():
     import numpy as np
 
     from sparseseg.models import build_model
-    from sparseseg.train import accumulated_step
+    from sparseseg.tasks import accumulated_step
+    from sparseseg.tasks.segment import SegmentationTask
 
     torch.manual_seed(0)
     model = build_model("uresnet", dim=2, depth=3, filters=8, reps=1).eval()  # BatchNorm uses running stats
@@ -100,7 +101,7 @@ def test_accumulation_equals_one_large_batch():
 
     def grads(micro):
         model.zero_grad()
-        loss, acc = accumulated_step(model, micro, "cpu")
+        loss, acc = accumulated_step(model, micro, SegmentationTask, "cpu")
         return loss, acc, [p.grad.clone() for p in model.parameters()]
 
     big = grads([(events, np.concatenate(weights))])
@@ -113,11 +114,11 @@ def test_accumulation_equals_one_large_batch():
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     # and it is not trivially true: unscaled micro-batch losses give a different gradient
     model.zero_grad()
-    from sparseseg.train import _labels
+    from sparseseg.tasks.segment import labels_of
     from sparseseg.losses import weighted_cross_entropy
 
     for e, w in zip(events, weights):
-        weighted_cross_entropy(model([e]), _labels([e]), torch.from_numpy(w)).backward()
+        weighted_cross_entropy(model([e]), labels_of([e]), torch.from_numpy(w)).backward()
     assert not torch.allclose(model.head.weight.grad / 4, big[2][-2], rtol=1e-3)
 
 

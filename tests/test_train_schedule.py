@@ -53,14 +53,14 @@ def test_logged_lr_follows_the_schedule(tmp_path, train_file):
 
 
 def test_early_stopping_after_stale_validations(tmp_path, train_file, monkeypatch):
-    import sparseseg.train as train_mod
+    from sparseseg.tasks.segment import SegmentationTask
 
     scores = iter([0.5, 0.4, 0.4, 0.3, 0.9, 0.9])  # best at the first check, then two stale ones
 
     def fake_evaluate(self, model, events, batch_size=8):
         return {"loss": 1.0, "accuracy": next(scores)}
 
-    monkeypatch.setattr(train_mod.SegmentationTask, "evaluate", fake_evaluate)
+    monkeypatch.setattr(SegmentationTask, "evaluate", fake_evaluate)
     cfg = tiny_config(train_file, max_steps=12, val_every=2, checkpoint_every=100, early_stopping=2)
     result = train(cfg, tmp_path / "r", progress=False)
     assert result["step"] == 6  # checks at 2 (best), 4 and 6 (stale, stale): stop

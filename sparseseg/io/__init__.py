@@ -1,20 +1,29 @@
 """Event file I/O: the project's HDF5 event format and the public PILArNet-M reader.
 
-``EventDataset`` needs torch; it is imported on first use so that writing or reading files
-does not load torch.
+Split by job: :mod:`.format` (layout, constants, the reserved attribute names, structure
+checks), :mod:`.writer` (:func:`write_events`, the crash-safe streaming :class:`EventWriter`),
+:mod:`.reader` (:class:`EventFile`, :func:`open_event_file`), :mod:`.dataset`
+(``EventDataset``, a torch Dataset: imported on first use so that writing or reading files does
+not load torch) and :mod:`.pilarnet` (PILArNet-M files).
 """
 from __future__ import annotations
 
 from typing import Any
 
-from .h5 import FORMAT_NAME, FORMAT_VERSION, EventFile, EventWriter, open_event_file, write_events
+from .format import FORMAT_NAME, FORMAT_VERSION, RESERVED_ATTRS
 from .pilarnet import PilarnetFile, read_pilarnet
+from .reader import EventFile, open_event_file
+from .writer import EventWriter, WriteError, partial_events, when_safe, write_events
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "RESERVED_ATTRS",
     "write_events",
     "EventWriter",
+    "WriteError",
+    "partial_events",
+    "when_safe",
     "EventFile",
     "open_event_file",
     "EventDataset",
@@ -25,7 +34,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "EventDataset":
-        from . import h5
+        from .dataset import EventDataset
 
-        return h5.EventDataset
+        return EventDataset
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

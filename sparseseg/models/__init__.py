@@ -67,8 +67,8 @@ class ModelSpec:
 
     ``build(**kwargs)`` makes the network from a config's ``model:`` options; ``task`` names
     what it is trained on and how it is scored (``segment``: sparse or dense pixel
-    segmentation through :class:`sparseseg.train.SegmentationTask`; ``roi``, ``cvn``,
-    ``patch``: the dense tasks of :mod:`sparseseg.tasks`); ``classes`` is what its outputs
+    segmentation, :class:`sparseseg.tasks.segment.SegmentationTask`; ``roi``, ``cvn``,
+    ``patch``: the other tasks of :mod:`sparseseg.tasks`); ``classes`` is what its outputs
     mean (checkpoints must carry exactly these); ``sparse`` models take lists of Events and
     run on spconv (not exportable), dense ones take (B, C, H, W) tensors, ``example_input``
     being a small one for export checks; ``label`` is the family's name in tables.
