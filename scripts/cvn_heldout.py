@@ -44,7 +44,8 @@ def main(argv=None) -> int:
 
     from sparseseg.checkpoint import load_model
     from sparseseg.metrics import binary_scores, classification_table, cut_for_purity
-    from sparseseg.models.cvn import CVN_CLASSES, cvn_dataset
+    from sparseseg.classes import CVN_CLASSES
+    from sparseseg.tasks.cvn import cvn_dataset
     from sparseseg.plots import confusion_heatmap, score_histograms
 
     model, ckpt = load_model(args.weights, name="cvn")

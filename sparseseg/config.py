@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from dataclasses import fields
+from typing import Any, Iterable
 
 import yaml
 
@@ -252,3 +253,20 @@ def load(path: str | Path) -> dict:
         return resolve(user)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+
+
+# --------------------------------------------------------------------------- option checks of the model builders
+def config_from(cls: type, label: str, kwargs: dict[str, Any]):
+    """``cls(**kwargs)`` for a config dataclass; ``ValueError`` naming unknown options first."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(f"{label}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**kwargs)
+
+
+def require_positive(obj: Any, names: Iterable[str], prefix: str) -> None:
+    """``ValueError`` "<prefix><name> must be >= 1, got X" for the first attribute below 1."""
+    for name in names:
+        if int(getattr(obj, name)) < 1:
+            raise ValueError(f"{prefix}{name} must be >= 1, got {getattr(obj, name)}")

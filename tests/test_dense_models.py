@@ -8,7 +8,7 @@ from sparseseg.models import FAMILIES, build_model, family, names
 from sparseseg.metrics import classification_table, format_classification_table
 from sparseseg.models.cvn import CVN_CLASSES, SEResBlock
 from sparseseg.models.dense_uresnet import convert_sparse_state_dict, densify, predict_events
-from sparseseg.models.unet import SqueezeExcite
+from sparseseg.models.roi_nets import SqueezeExcite
 
 torch.set_num_threads(1)
 
@@ -210,7 +210,7 @@ def test_dense_twin_matches_sparse_model_on_a_full_image():
 
 
 def test_cvn_dataset_from_simulated_interactions():
-    from sparseseg.models.cvn import cvn_dataset
+    from sparseseg.tasks.cvn import cvn_dataset
 
     x, y = cvn_dataset(3, seed=3)  # 500 x 500 views, as the DUNE CVN
     assert x.shape == (3, 3, 500, 500) and x.dtype == np.float32

@@ -138,7 +138,7 @@ def test_ema_and_balance_config_errors(change, message):
 
 
 def test_balanced_cvn_stream_without_simulating_its_rejects():
-    from sparseseg.models.cvn import TOPOLOGY_CLASS, balanced_indices, cvn_dataset
+    from sparseseg.tasks.cvn import TOPOLOGY_CLASS, balanced_indices, cvn_dataset
     from sparseseg.simulate import interaction_topology, simulate_full
 
     for i in range(4):  # the topology is the first draw of the interaction's physics stream

@@ -1,30 +1,17 @@
 """Model families: one table (:data:`FAMILIES`) from model names to :class:`ModelSpec` records
 (builder, task, classes, sparse or dense, example input, table label).
 
-Builders import their module on call, so ``import sparseseg.models`` does not pull in spconv.
+Builders import their module on call, so ``import sparseseg.models`` pulls in neither torch nor
+spconv.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterable
-
-import torch.nn as nn
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 
-def config_from(cls: type, label: str, kwargs: dict[str, Any]):
-    """``cls(**kwargs)`` for a config dataclass; ``ValueError`` naming unknown options first."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise ValueError(f"{label}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return cls(**kwargs)
-
-
-def require_positive(obj: Any, names: Iterable[str], prefix: str) -> None:
-    """``ValueError`` "<prefix><name> must be >= 1, got X" for the first attribute below 1."""
-    for name in names:
-        if int(getattr(obj, name)) < 1:
-            raise ValueError(f"{prefix}{name} must be >= 1, got {getattr(obj, name)}")
+if TYPE_CHECKING:  # importing the table does not import torch
+    import torch.nn as nn
 
 
 def _uresnet(**kwargs) -> nn.Module:
@@ -35,7 +22,7 @@ def _uresnet(**kwargs) -> nn.Module:
 
 def _roi(name: str) -> Callable[..., nn.Module]:
     def build(**kwargs) -> nn.Module:
-        from .unet import build_roi_model
+        from .roi_nets import build_roi_model
 
         return build_roi_model(name, **kwargs)
 

@@ -5,23 +5,22 @@ After the DUNE CVN (L. Whitehead, "Machine Learning Frameworks for DUNE"; Phys. 
 max-pool and SE-ResNet blocks); the branch outputs are concatenated along channels and the merged tensor goes through further SE-ResNet stages,
 global average pooling and a linear layer to the classes nu_mu CC, nu_e CC, NC.
 
-Also here: :func:`cvn_dataset` (dense 3-view images of simulated ccmu / cce / ncpi0
-interactions); its confusion matrix, efficiency and purity come from
-:func:`sparseseg.metrics.classification_table`.
+Its training data (dense 3-view images of simulated ccmu / cce / ncpi0 interactions,
+:func:`sparseseg.tasks.cvn.cvn_dataset`) lives beside its task; its confusion matrix,
+efficiency and purity come from :func:`sparseseg.metrics.classification_table`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..classes import CVN_CLASSES
-from . import config_from, require_positive
-from .unet import SqueezeExcite
+from ..config import config_from, require_positive
+from .roi_nets import SqueezeExcite
 
 __all__ = [
     "CVN_CLASSES",
@@ -29,12 +28,8 @@ __all__ = [
     "SEResBlock",
     "CVN",
     "build_cvn",
-    "cvn_dataset",
-    "balanced_indices",
 ]
 
-TOPOLOGY_CLASS = {"ccmu": 0, "cce": 1, "ncpi0": 2}
-"""Simulator topology -> CVN class index."""
 
 
 @dataclass
@@ -149,72 +144,3 @@ class CVN(nn.Module):
 def build_cvn(**kwargs) -> CVN:
     """Builder used by the model table: keyword arguments are :class:`CVNConfig` fields."""
     return CVN(config_from(CVNConfig, "cvn", kwargs))
-
-
-# --------------------------------------------------------------------------- data
-def balanced_indices(n: int, seed: int, start: int = 0, preset: str = "crop512", rotate: int = 0) -> list[int]:
-    """Stream indices ``>= start`` of ``n`` interactions with (as nearly as ``n`` allows) equal
-    numbers of each CVN class: the first of each class in stream order until its quota
-    ``n // 3`` (+1 for ``n % 3`` classes, starting at class ``rotate % 3``) is met. Topologies
-    come from :func:`sparseseg.simulate.interaction_topology`, so nothing is simulated here."""
-    from ..simulate import interaction_topology
-
-    k = len(CVN_CLASSES)
-    quota = [n // k + (1 if (c - rotate) % k < n % k else 0) for c in range(k)]
-    picked, index = [], int(start)
-    while len(picked) < n:
-        c = TOPOLOGY_CLASS.get(interaction_topology(preset, seed, index))
-        if c is not None and quota[c] > 0:
-            quota[c] -= 1
-            picked.append(index)
-        index += 1
-    return picked
-
-
-def cvn_dataset(n: int, seed: int = 0, size: int = 500, start: int = 0, preset: str = "crop512",
-                indices: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Dense 3-view images and labels of ``n`` simulated neutrino interactions.
-
-    Interactions ``start, start + 1, ...`` of the simulator stream ``(preset, seed)`` are
-    drawn; those whose topology is ccmu (nu_mu CC), cce (nu_e CC) or ncpi0 (NC) are kept
-    (particle bombs are skipped) until ``n`` are collected; or, with ``indices``, exactly those
-    interactions of the stream (e.g. from :func:`balanced_indices`). Each plane's view (the 512 x 512
-    window around the vertex of the ``crop512`` preset, cosmics included) is densified and
-    centre-cropped, or zero-padded, to ``size`` x ``size``.
-
-    Returns
-    -------
-    images : float32 (n, 3, size, size)
-        ADC per pixel, planes U, V, Y; 0 where no pixel passed the 10 ADC threshold.
-    labels : int64 (n,)
-        0 nu_mu CC, 1 nu_e CC, 2 NC (see :data:`CVN_CLASSES`).
-    """
-    from ..simulate import simulate_full
-
-    if n < 0 or size < 1:
-        raise ValueError(f"cvn_dataset: n must be >= 0 and size >= 1, got n={n}, size={size}")
-    images = np.zeros((n, 3, size, size), np.float32)
-    labels = np.zeros(n, np.int64)
-    todo = iter(indices) if indices is not None else None
-    if todo is not None and len(indices) != n:
-        raise ValueError(f"cvn_dataset: {len(indices)} indices given for n={n}")
-    k, index = 0, int(start)
-    while k < n:
-        if todo is not None:
-            index = int(next(todo))
-        events, truth = simulate_full(preset, seed, index)
-        index += 1
-        if truth.topology not in TOPOLOGY_CLASS or len(events) != 3:
-            if todo is not None:
-                raise ValueError(f"cvn_dataset: interaction {index - 1} of ({preset}, {seed}) is a {truth.topology}, "
-                                 "not a neutrino interaction")
-            continue
-        for p, ev in enumerate(events):
-            img = ev.to_dense()
-            h, w = img.shape
-            r0, c0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
-            crop = img[r0 : r0 + size, c0 : c0 + size]
-            images[k, p, : crop.shape[0], : crop.shape[1]] = crop
-        labels[k] = TOPOLOGY_CLASS[truth.topology]
-        k += 1
-    return images, labels

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..classes import NUM_CLASSES
-from . import config_from, require_positive
+from ..config import config_from, require_positive
 
 __all__ = ["DenseUResNetConfig", "DenseUResNet", "build_dense_uresnet", "convert_sparse_state_dict", "predict_events", "densify"]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import config_from, require_positive
+from ..config import config_from, require_positive
 
 
 

@@ -28,7 +28,8 @@ import spconv.pytorch as spconv  # noqa: E402
 from spconv.core import ConvAlgo
 
 from ..classes import NUM_CLASSES
-from . import config_from, require_positive, sparse_cpu
+from ..config import config_from, require_positive
+from . import sparse_cpu
 
 __all__ = ["UResNetConfig", "SparseUResNet", "build_uresnet", "collate", "cpu_path", "guard_cpu_backward"]
 

@@ -1,7 +1,8 @@
-"""The CVN event classifier on simulated 3-view interactions (see :mod:`sparseseg.models.cvn`)."""
+"""The CVN event classifier (:mod:`sparseseg.models.cvn`): its data -- dense 3-view images of
+simulated interactions, optionally class-balanced -- and its task."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -9,6 +10,77 @@ import torch
 from ..classes import CVN_CLASSES
 from ..metrics import classification_table
 from . import StepData, forward_all, to_device
+
+TOPOLOGY_CLASS = {"ccmu": 0, "cce": 1, "ncpi0": 2}
+"""Simulator topology -> CVN class index."""
+
+
+def balanced_indices(n: int, seed: int, start: int = 0, preset: str = "crop512", rotate: int = 0) -> list[int]:
+    """Stream indices ``>= start`` of ``n`` interactions with (as nearly as ``n`` allows) equal
+    numbers of each CVN class: the first of each class in stream order until its quota
+    ``n // 3`` (+1 for ``n % 3`` classes, starting at class ``rotate % 3``) is met. Topologies
+    come from :func:`sparseseg.simulate.interaction_topology`, so nothing is simulated here."""
+    from ..simulate import interaction_topology
+
+    k = len(CVN_CLASSES)
+    quota = [n // k + (1 if (c - rotate) % k < n % k else 0) for c in range(k)]
+    picked, index = [], int(start)
+    while len(picked) < n:
+        c = TOPOLOGY_CLASS.get(interaction_topology(preset, seed, index))
+        if c is not None and quota[c] > 0:
+            quota[c] -= 1
+            picked.append(index)
+        index += 1
+    return picked
+
+
+def cvn_dataset(n: int, seed: int = 0, size: int = 500, start: int = 0, preset: str = "crop512",
+                indices: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Dense 3-view images and labels of ``n`` simulated neutrino interactions.
+
+    Interactions ``start, start + 1, ...`` of the simulator stream ``(preset, seed)`` are
+    drawn; those whose topology is ccmu (nu_mu CC), cce (nu_e CC) or ncpi0 (NC) are kept
+    (particle bombs are skipped) until ``n`` are collected; or, with ``indices``, exactly those
+    interactions of the stream (e.g. from :func:`balanced_indices`). Each plane's view (the 512 x 512
+    window around the vertex of the ``crop512`` preset, cosmics included) is densified and
+    centre-cropped, or zero-padded, to ``size`` x ``size``.
+
+    Returns
+    -------
+    images : float32 (n, 3, size, size)
+        ADC per pixel, planes U, V, Y; 0 where no pixel passed the 10 ADC threshold.
+    labels : int64 (n,)
+        0 nu_mu CC, 1 nu_e CC, 2 NC (see :data:`CVN_CLASSES`).
+    """
+    from ..simulate import simulate_full
+
+    if n < 0 or size < 1:
+        raise ValueError(f"cvn_dataset: n must be >= 0 and size >= 1, got n={n}, size={size}")
+    images = np.zeros((n, 3, size, size), np.float32)
+    labels = np.zeros(n, np.int64)
+    todo = iter(indices) if indices is not None else None
+    if todo is not None and len(indices) != n:
+        raise ValueError(f"cvn_dataset: {len(indices)} indices given for n={n}")
+    k, index = 0, int(start)
+    while k < n:
+        if todo is not None:
+            index = int(next(todo))
+        events, truth = simulate_full(preset, seed, index)
+        index += 1
+        if truth.topology not in TOPOLOGY_CLASS or len(events) != 3:
+            if todo is not None:
+                raise ValueError(f"cvn_dataset: interaction {index - 1} of ({preset}, {seed}) is a {truth.topology}, "
+                                 "not a neutrino interaction")
+            continue
+        for p, ev in enumerate(events):
+            img = ev.to_dense()
+            h, w = img.shape
+            r0, c0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
+            crop = img[r0 : r0 + size, c0 : c0 + size]
+            images[k, p, : crop.shape[0], : crop.shape[1]] = crop
+        labels[k] = TOPOLOGY_CLASS[truth.topology]
+        k += 1
+    return images, labels
 
 
 class CVNTask:
@@ -23,8 +95,6 @@ class CVNTask:
         self.seed, self.val_seed = int(cfg["data"]["seed"]), int(cfg["data"]["val_seed"])
 
     def batches(self, rank: int, world: int) -> StepData:
-        from ..models.cvn import balanced_indices, cvn_dataset
-
         t = self.cfg["train"]
         n = int(t["batch_size"])
         if self.cfg["data"]["balance"]:
@@ -50,8 +120,6 @@ class CVNTask:
         return int((logits.argmax(1) == y).sum()), len(y)
 
     def validation(self):
-        from ..models.cvn import cvn_dataset
-
         return cvn_dataset(int(self.cfg["data"]["val_images"]), self.val_seed, preset=self.preset)
 
     def evaluate(self, model, val, batch_size: int = 8) -> dict[str, Any]:

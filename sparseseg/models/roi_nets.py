@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import config_from, require_positive
+from ..config import config_from, require_positive
 
 __all__ = [
     "ROIModelConfig",
