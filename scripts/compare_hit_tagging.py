@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +20,8 @@ import numpy as np
 
 RUN = """
 import json, sys, torch
-from sparseseg.infer import Predictor, predict_file, peak_rss_mb
+from sparseseg.infer import Predictor, predict_file
+from sparseseg.memory import peak_rss_mb
 torch.set_num_threads(int(sys.argv[4]))
 p = Predictor(weights=sys.argv[3])
 r = predict_file(sys.argv[1], sys.argv[2], p, progress=False)
@@ -71,29 +71,24 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/compare")
     args = ap.parse_args(argv)
 
-    from sparseseg.io import EventWriter
-    from sparseseg.simulate import simulate
+    from sparseseg.atomic import write_text
+    from sparseseg.bench import json_subprocess
+    from sparseseg.heldout import simulated_file
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    events = out / f"uboone-seed{args.seed}-n{args.n}.h5"
-    if not events.exists():
-        with EventWriter(str(events), attrs={"preset": "uboone", "seed": args.seed}, resume=True) as w:
-            for i, ev in enumerate(simulate("uboone", args.n, args.seed)):
-                if i >= w.n_done:
-                    w.append(ev)
+    events, _ = simulated_file(out / f"uboone-seed{args.seed}-n{args.n}.h5", "uboone", args.n, args.seed)
     res = {"events": args.n, "seed": args.seed, "threads": args.threads, "models": {}}
     for label, weights in (("sparse UResNet", args.uresnet), ("patch CNN", args.patch)):
         pred = out / f"{Path(weights).stem}.pred.h5"
         if pred.exists():
             pred.unlink()
         print(f"{label}: predicting {args.n} events ...", flush=True)
-        p = subprocess.run([sys.executable, "-c", RUN, str(events), str(pred), weights, str(args.threads)],
-                           capture_output=True, text=True)
-        if p.returncode != 0:
-            print(p.stderr[-2000:], file=sys.stderr)
+        run = json_subprocess([sys.executable, "-c", RUN, str(events), str(pred), weights, str(args.threads)],
+                              {"model": label})
+        if "error" in run:
+            print(f"{label}: {run['error']}", file=sys.stderr)
             return 1
-        run = json.loads(p.stdout.strip().splitlines()[-1])
         res["models"][label] = {"weights": weights, "time_per_event_s": run["time_per_event_s"],
                                 "peak_rss_mb": run["peak_rss_mb"], **score(str(pred))}
     rows = ["| model | track/EM accuracy | track eff / purity | EM eff / purity | Michel AUC | time / event (s) | peak memory (MB) |",
@@ -105,8 +100,8 @@ def main(argv=None) -> int:
     text = (f"{args.n} held-out uboone events (seed {args.seed}), {args.threads} CPU threads, every labelled pixel "
             f"of all three planes.\n\n" + "\n".join(rows) + "\n")
     print(text)
-    (out / "compare.md").write_text(text)
-    (out / "compare.json").write_text(json.dumps(res, indent=2))
+    write_text(out / "compare.md", text)
+    write_text(out / "compare.json", json.dumps(res, indent=2))
 
     import matplotlib
 

@@ -24,12 +24,6 @@ import torch
 MIN_PURITY = 0.8
 
 
-def probabilities(model, x: np.ndarray, batch: int = 8) -> np.ndarray:
-    with torch.no_grad():
-        parts = [torch.softmax(model(torch.from_numpy(x[i:i + batch])), 1).numpy() for i in range(0, len(x), batch)]
-    return np.concatenate(parts) if parts else np.zeros((0, 3), np.float32)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True)
@@ -42,11 +36,12 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from sparseseg.atomic import write_text
     from sparseseg.checkpoint import load_model
-    from sparseseg.metrics import binary_scores, classification_table, cut_for_purity
     from sparseseg.classes import CVN_CLASSES
-    from sparseseg.tasks.cvn import cvn_dataset
+    from sparseseg.metrics import classification_table
     from sparseseg.plots import confusion_heatmap, score_histograms
+    from sparseseg.tasks.cvn import cvn_dataset, cvn_probabilities, nue_selection
 
     model, ckpt = load_model(args.weights, name="cvn")
     model.eval()
@@ -59,11 +54,11 @@ def main(argv=None) -> int:
     x, y = cvn_dataset(args.n, args.seed, preset=preset)
     t_sim = time.perf_counter() - t0
     t0 = time.perf_counter()
-    prob = probabilities(model, x)
+    prob = cvn_probabilities(model, x)
     t_net = (time.perf_counter() - t0) / max(1, len(x))
     del x
     xt, yt = cvn_dataset(args.tune_n, tune_seed, preset=preset)
-    cut = cut_for_purity(probabilities(model, xt)[:, nue], yt == nue, MIN_PURITY)
+    sel = nue_selection(cvn_probabilities(model, xt), yt, prob, y, MIN_PURITY)
     del xt
 
     table = classification_table(y, prob.argmax(1), len(CVN_CLASSES), CVN_CLASSES)
@@ -76,23 +71,20 @@ def main(argv=None) -> int:
     print("confusion (rows truth, columns prediction):")
     for c, name in enumerate(CVN_CLASSES):
         print(f"  {name:10s} " + " ".join(f"{int(v):5d}" for v in cm[c]))
-    if cut is None:
-        sel = {"cut": None, "efficiency": 0.0, "purity": 0.0}
+    if sel["cut"] is None:
         print(f"nu_e CC selection: no cut on P(nu_e CC) reaches purity {MIN_PURITY} on the "
               f"{args.tune_n} validation interactions (seed {tune_seed})")
     else:
-        s = binary_scores(y == nue, prob[:, nue] >= cut)
-        sel = {"cut": cut, "efficiency": s["efficiency"], "purity": s["purity"]}
-        print(f"nu_e CC selection P(nu_e CC) >= {cut:.3f} (the lowest cut with purity >= {MIN_PURITY} on "
+        print(f"nu_e CC selection P(nu_e CC) >= {sel['cut']:.3f} (the lowest cut with purity >= {MIN_PURITY} on "
               f"{args.tune_n} validation interactions, seed {tune_seed}): held-out efficiency "
-              f"{s['efficiency']:.3f}, purity {s['purity']:.3f}")
+              f"{sel['efficiency']:.3f}, purity {sel['purity']:.3f}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     title = f"CVN: {len(y)} held-out {preset} interactions (seed {args.seed})"
     confusion_heatmap(cm, str(out / "confusion.png"), class_names=CVN_CLASSES, title=title, unit="interactions")
     score_histograms(prob[:, nue], y, CVN_CLASSES, str(out / "nue_score.png"), score_name="P(nu_e CC)",
                      cut=sel["cut"], title=title)
-    (out / "metrics.json").write_text(json.dumps({
+    write_text(out / "metrics.json", json.dumps({
         "weights": args.weights, "n": len(y), "seed": args.seed, "preset": preset, "accuracy": table["accuracy"],
         "efficiency": dict(zip(CVN_CLASSES, table["efficiency"])), "purity": dict(zip(CVN_CLASSES, table["purity"])),
         "confusion": cm.tolist(), "time_per_interaction_s": t_net,

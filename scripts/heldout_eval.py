@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
+from sparseseg.atomic import write_text
 from sparseseg.classes import CLASS_NAMES
-from sparseseg.infer import Predictor, evaluate_files, peak_rss_mb, predict_file
-from sparseseg.io import EventWriter
+from sparseseg.heldout import predict_and_score, simulated_file
+from sparseseg.infer import Predictor
 from sparseseg.metrics import format_table
 from sparseseg.plots import confusion_heatmap
-from sparseseg.simulate import simulate
 
 
 def _fmt(v) -> str:
@@ -53,8 +52,6 @@ def card_markdown(s: dict, title: str, timing: dict) -> str:
 
 
 def main(argv=None) -> int:
-    import torch
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True)
     p.add_argument("--preset", default="uboone")
@@ -72,27 +69,17 @@ def main(argv=None) -> int:
 
     out = Path(args.out or f"runs/heldout/{Path(args.weights).stem}-{args.precision}-{args.label_rule}")
     out.mkdir(parents=True, exist_ok=True)
-    events = out / f"{args.preset}-seed{args.seed}-n{args.n}-{args.label_rule}.h5"
-    if not events.exists():
-        t0 = time.perf_counter()
-        with EventWriter(str(events), attrs={"preset": args.preset, "seed": args.seed}, resume=True) as w:
-            for i, ev in enumerate(simulate(args.preset, args.n, args.seed, label_rule=args.label_rule)):
-                if i >= w.n_done:
-                    w.append(ev)
-        print(f"simulated {args.n} {args.preset} interactions (seed {args.seed}) in {time.perf_counter() - t0:.0f} s")
-    pred = out / "pred.h5"
-    if pred.exists():
-        pred.unlink()
+    events, t_sim = simulated_file(out / f"{args.preset}-seed{args.seed}-n{args.n}-{args.label_rule}.h5",
+                                   args.preset, args.n, args.seed, args.label_rule)
+    if t_sim:
+        print(f"simulated {args.n} {args.preset} interactions (seed {args.seed}) in {t_sim:.0f} s")
     predictor = Predictor(weights=args.weights, min_scores=parse_min_scores(args.min_score), precision=args.precision,
                           use_class_bias=not args.no_class_bias)
-    r = predict_file(str(events), str(pred), predictor)
-    r["threads"] = torch.get_num_threads()
-    r["peak_rss_mb"] = peak_rss_mb()
-    acc = evaluate_files([str(pred)])
+    r, acc = predict_and_score(events, out / "pred.h5", predictor)
     s = acc.summary()
     print(format_table(s))
     bias = predictor.class_bias(3 if args.preset == "pilarnet" else 2)
-    (out / "metrics.json").write_text(json.dumps({"summary": s, "timing": r, "weights": args.weights,
+    write_text(out / "metrics.json", json.dumps({"summary": s, "timing": r, "weights": args.weights,
                                                   "preset": args.preset, "seed": args.seed, "n": args.n,
                                                   "min_scores": args.min_score, "precision": predictor.precision,
                                                   "label_rule": args.label_rule,
@@ -103,7 +90,7 @@ def main(argv=None) -> int:
     title = f"Held-out {args.preset}: {args.n} interactions, seed {args.seed}, label rule {args.label_rule}"
     if args.min_score:
         title += f", --min-score {' '.join(args.min_score)}"
-    (out / "card.md").write_text(card_markdown(s, title, r))
+    write_text(out / "card.md", card_markdown(s, title, r))
     print(f"wrote {out / 'metrics.json'}, {out / 'confusion.png'}, {out / 'card.md'}")
     return 0
 

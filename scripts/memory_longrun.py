@@ -17,19 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 
 import numpy as np
 
-
-
-def rss_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmRSS in /proc/self/status")
+from sparseseg.memory import rss_mb
 
 
 def one(model_name: str, n: int, seed: int, weights: str | None, threads: int, max_width: int = 2400) -> dict:
@@ -84,23 +77,23 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--max-width", type=int, default=2400, help="widest dense input in wires (default: a full plane)")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--row", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.model == "all":  # one fresh process per model
-        import tempfile
+        from sparseseg.bench import json_subprocess
+        from sparseseg.models import FAMILIES, names
 
         rows = []
-        with tempfile.TemporaryDirectory() as tmp:
-            from sparseseg.models import FAMILIES, names
-
-            # every family that runs on whole images (the patch CNN runs per hit)
-            for m in ("uresnet",) + tuple(n for n in names(sparse=False) if FAMILIES[n].task != "patch"):
-                js = f"{tmp}/{m}.json"
-                cmd = [sys.executable, __file__, "--model", m, "-n", str(args.n), "--seed", str(args.seed),
-                       "--threads", str(args.threads), "--max-width", str(args.max_width), "--json", js]
-                out = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                rows.append(json.load(open(js)) if out.returncode == 0 else {"model": m, "error": out.stderr.strip()[-300:]})
+        # every family that runs on whole images (the patch CNN runs per hit)
+        for m in ("uresnet",) + tuple(n for n in names(sparse=False) if FAMILIES[n].task != "patch"):
+            cmd = [sys.executable, __file__, "--model", m, "-n", str(args.n), "--seed", str(args.seed),
+                   "--threads", str(args.threads), "--max-width", str(args.max_width), "--row"]
+            rows.append(json_subprocess(cmd, {"model": m}))
     else:
         rows = one(args.model, args.n, args.seed, args.weights, args.threads, args.max_width)
+        if args.row:  # a child of --model all: its row as JSON on the last line
+            print(json.dumps(rows))
+            return 0
     for r in rows if isinstance(rows, list) else [rows]:
         if "error" in r:
             print(f"{r['model']:>16}: error {r['error']}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .memory import peak_rss_mb, reset_peak_rss
 from .models.sparse_infer import cpu_has_bf16
 
 SEED = 20261123
@@ -51,35 +51,6 @@ ROWS = {
 DEFAULT_MODELS = ("uresnet2d", "uresnet2d-bf16", "uresnet2d-graph", "uresnet2d-dense", "uresnet3d", "uresnet3d-bf16", "roi-unet",
                   "roi-mobilenetv2", "roi-mobilenetv3", "roi-transformer", "cvn")
 OCCUPANCIES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
-
-
-def _status_mb(field: str) -> float | None:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> float:
-    """Reset the kernel's peak-RSS mark to the current RSS where Linux allows it
-    (/proc/self/clear_refs); returns the baseline (MB) that peaks are measured from."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        rss = _status_mb("VmRSS")
-        if rss is not None:
-            return rss
-    except OSError:
-        pass
-    return _peak_rss_mb()
-
-
-def _peak_rss_mb() -> float:
-    hwm = _status_mb("VmHWM")
-    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def uboone_event(seed: int = SEED) -> list:
@@ -185,10 +156,10 @@ def _sparse_rows(row, name, dim, plane, event, reps, device, sync, baseline) -> 
 
     with torch.no_grad():
         row["times"] = _time(lambda: run([plane]), reps, sync)
-        row["peak_mem_mb"] = _peak_rss_mb() - baseline  # the single plane, before the whole event
+        row["peak_mem_mb"] = peak_rss_mb() - baseline  # the single plane, before the whole event
         if dim == 2 and len(event) == 3:
             row["event_time_s"] = statistics.median(_time(lambda: run(event), max(3, reps), sync))
-            row["event_peak_mem_mb"] = _peak_rss_mb() - baseline
+            row["event_peak_mem_mb"] = peak_rss_mb() - baseline
         if not cuda:  # the network's FLOPs on the plane, counted by the engine (the same for every path)
             counter = fast or FastUResNet(model, "fp32")
             row["gflops"] = counter.count_flops(*collate([plane], dim)[:3]) / 1e9
@@ -246,7 +217,7 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     wcfg = WeightConfig()
     warm = int(spec.get("warmup", 2))
     gc.collect()
-    baseline = _reset_peak_rss()
+    baseline = reset_peak_rss()
     parts: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}
     pixels = []
     for i, events in enumerate(batches):
@@ -273,7 +244,7 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return {"variant": variant, "precision": precision, "threads": torch.get_num_threads(), "batch": batch,
             "steps": len(parts["data"]), "active_pixels_per_batch": float(np.mean(pixels)),
             "time_step_s": total, **{f"time_{k}_s": v for k, v in step_s.items()},
-            "images_per_s": batch / total, "peak_rss_mb": _peak_rss_mb() - baseline,
+            "images_per_s": batch / total, "peak_rss_mb": peak_rss_mb() - baseline,
             "final_loss": float(loss.detach())}
 
 
@@ -367,7 +338,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     if name.startswith("uresnet"):
         from .models import sparse_infer, uresnet  # noqa: F401  (imports are part of the baseline)
     gc.collect()
-    baseline = _reset_peak_rss()
+    baseline = reset_peak_rss()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         base_alloc = torch.cuda.memory_allocated()
@@ -391,7 +362,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         row["max_memory_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
         row["peak_mem_mb"] = row["max_memory_allocated_mb"]
     elif "peak_mem_mb" not in row:
-        row["peak_mem_mb"] = _peak_rss_mb() - baseline
+        row["peak_mem_mb"] = peak_rss_mb() - baseline
     if "gflops" in row:
         row["gflops_per_s"] = row["gflops"] / row["time_s_median"]
     return row
@@ -419,16 +390,23 @@ def run_worker(spec: dict[str, Any], timeout: float = 1800, tmp: str | None = No
             with open(path, "wb") as fh:
                 pickle.dump(_input_events(spec), fh)
         spec = dict(spec, input_file=path)
-    cmd = [sys.executable, "-m", "sparseseg.bench", "--worker", json.dumps(spec)]
+    return json_subprocess([sys.executable, "-m", "sparseseg.bench", "--worker", json.dumps(spec)],
+                           {"model": spec["model"]}, timeout)
+
+
+def json_subprocess(cmd: list[str], row: dict[str, Any], timeout: float | None = None) -> Any:
+    """Run ``cmd`` in a fresh process (so that its time and peak memory are its own) and return
+    the JSON document on the last line of its stdout that starts with ``{`` or ``[``; on a
+    failure or timeout, ``row`` with an ``error`` (the last line of stderr)."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        return {"model": spec["model"], "error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+        return dict(row, error=f"timed out after {timeout:.0f} s")
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith(("{", "["))]
     if p.returncode != 0 or not lines:
         tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"model": spec["model"], "error": f"exit {p.returncode}: {tail}"}
+        return dict(row, error=f"exit {p.returncode}: {tail}")
     return json.loads(lines[-1])
 
 

@@ -490,23 +490,20 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .infer import DEFAULT_WEIGHTS, Predictor, evaluate_files, peak_rss_mb, predict_file
-    from .io import EventFile, EventWriter
+    from .heldout import predict_and_score, simulated_file
+    from .infer import DEFAULT_WEIGHTS, Predictor
+    from .io import EventFile
     from .metrics import format_table
     from .plots import confusion_heatmap, event_display
-    from .simulate import simulate
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch_threads(args.threads)
     events_path, pred_path = out / "events.h5", out / "pred.h5"
-    t0 = time.perf_counter()
-    with EventWriter(str(events_path), attrs={"preset": "uboone", "seed": args.seed}) as w:
-        for ev in simulate("uboone", args.n, args.seed):
-            w.append(ev)
+    _, t_sim = simulated_file(events_path, "uboone", args.n, args.seed, fresh=True)
     print(f"simulated {args.n} MicroBooNE-like events (3 planes, 1008 x 2400/2400/3456) in "
-          f"{time.perf_counter() - t0:.1f} s -> {events_path}")
+          f"{t_sim:.1f} s -> {events_path}")
     if not DEFAULT_WEIGHTS[2].exists():
         with EventFile(str(events_path)) as f:
             events = [f[i] for i in range(3)]
@@ -516,17 +513,14 @@ def cmd_demo(args) -> None:
         return
     predictor = Predictor()
     predictor.model(2)  # load before timing
-    if pred_path.exists():
-        pred_path.unlink()
-    r = predict_file(str(events_path), str(pred_path), predictor, progress=False)
-    print(f"segmented {r['events']} events (all planes, full size, CPU, {__import__('torch').get_num_threads()} threads): "
-          f"{r['time_per_event_s']:.2f} s per event, peak memory {peak_rss_mb():.0f} MB -> {pred_path}")
+    r, acc = predict_and_score(events_path, pred_path, predictor, progress=False)
+    print(f"segmented {r['events']} events (all planes, full size, CPU, {r['threads']} threads): "
+          f"{r['time_per_event_s']:.2f} s per event, peak memory {r['peak_rss_mb']:.0f} MB -> {pred_path}")
     with EventFile(str(events_path)) as f, EventFile(str(pred_path)) as p:
         events = [f[i] for i in range(3)]
         preds = [p.read_extra(i, "pred") for i in range(3)]
     png = out / "event0.png"
     event_display(events, preds, str(png), title="simulated MicroBooNE-like event 0: ADC, truth, prediction")
-    acc = evaluate_files([str(pred_path)])
     cm_png = out / "confusion.png"
     confusion_heatmap(acc.matrix, str(cm_png), title=f"{args.n} simulated uboone events (seed {args.seed})")
     summary = acc.summary()

@@ -10,7 +10,6 @@ and settings, and a rerun with other ones is refused.
 from __future__ import annotations
 
 import os
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from .classes import CLASS_NAMES, class_index
+from .memory import peak_rss_mb
 
 from .registry import default_weights, sha256, shipped_for
 
@@ -141,11 +141,6 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if not sep or n_i < 1 or not 0 <= k_i < n_i:
         raise ValueError(f"--shard {text!r}: expected K/N with 0 <= K < N")
     return k_i, n_i
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 @dataclass

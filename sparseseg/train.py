@@ -55,9 +55,9 @@ def resolve_precision(precision: str, device, sparse: bool, dim: int = 2) -> str
 def memory_record(device) -> dict[str, float]:
     """Peak memory so far: RSS on CPU; allocated and reserved on CUDA (peaks then reset, so
     each log interval reports its own)."""
-    import resource
+    from .memory import peak_rss_mb
 
-    rec = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    rec = {"peak_rss_mb": peak_rss_mb()}
     if torch.device(device).type == "cuda":
         rec["max_memory_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         rec["max_memory_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20

@@ -154,3 +154,19 @@ def test_balanced_cvn_stream_without_simulating_its_rejects():
     bomb = next(i for i in range(50) if interaction_topology("crop512", 3, i) == "bomb")
     with pytest.raises(ValueError, match=f"interaction {bomb} of \\(crop512, 3\\) is a bomb, not a neutrino"):
         cvn_dataset(1, 3, indices=[bomb], size=64)
+
+
+def test_nue_selection_cut_chosen_on_tuning_set_by_hand():
+    from sparseseg.tasks.cvn import nue_selection
+
+    def probs(nue):  # P(nu_e CC) in column 1, the rest split between the others
+        nue = np.asarray(nue)
+        return np.stack([(1 - nue) / 2, nue, (1 - nue) / 2], 1)
+
+    # tuning: nu_e scores 0.9, 0.8, 0.6 and NC 0.7, 0.2: cut 0.6 -> purity 3/4, 0.7 -> 2/3, 0.8 -> 2/2
+    tune_p, tune_y = probs([0.9, 0.8, 0.7, 0.6, 0.2]), np.array([1, 1, 2, 1, 2])
+    # held out: a nu_e CC above the cut, one below, an NC above: efficiency 1/2, purity 1/2
+    sel = nue_selection(tune_p, tune_y, probs([0.85, 0.5, 0.81]), np.array([1, 1, 2]), min_purity=0.8)
+    assert sel == {"cut": 0.8, "efficiency": 0.5, "purity": 0.5}
+    assert nue_selection(tune_p, tune_y, probs([0.85]), np.array([1]), min_purity=1.01) == \
+        {"cut": None, "efficiency": 0.0, "purity": 0.0}

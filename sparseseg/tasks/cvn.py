@@ -131,3 +131,25 @@ class CVNTask:
         return {"loss": loss, "accuracy": table["accuracy"],
                 "efficiency": dict(zip(self.classes, table["efficiency"])),
                 "purity": dict(zip(self.classes, table["purity"])), "confusion": table["confusion"]}
+
+
+def cvn_probabilities(model, x: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Class probabilities (n, 3) of ``model`` on images ``x`` (n, 3, H, W)."""
+    logits, _ = forward_all(model, x, batch_size)
+    return torch.softmax(logits, 1).numpy() if logits is not None else np.zeros((0, len(CVN_CLASSES)), np.float32)
+
+
+def nue_selection(p_tune: np.ndarray, y_tune: np.ndarray, p: np.ndarray, y: np.ndarray,
+                  min_purity: float = 0.8) -> dict[str, Any]:
+    """The nu_e CC selection P(nu_e CC) >= cut, the cut chosen on tuning interactions (the
+    lowest with purity >= ``min_purity`` there) and applied to others: {cut, efficiency,
+    purity} on (p, y); cut None (efficiency and purity 0) when no cut reaches the purity."""
+    from ..metrics import binary_scores, cut_for_purity
+
+    nue = CVN_CLASSES.index("nu_e CC")
+    cut = cut_for_purity(p_tune[:, nue], y_tune == nue, min_purity)
+    if cut is None:
+        return {"cut": None, "efficiency": 0.0, "purity": 0.0}
+    s = binary_scores(y == nue, p[:, nue] >= cut)
+    return {"cut": cut, "efficiency": s["efficiency"], "purity": s["purity"]}
+
