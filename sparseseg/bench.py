@@ -431,34 +431,13 @@ def _run(models, threads, reps, device, scaling, say, tmp) -> dict[str, Any]:
         rows.append(run_worker({"model": m, "threads": threads, "reps": n, "device": device}, tmp=tmp))
     res: dict[str, Any] = {"threads": threads or torch.get_num_threads(), "device": device, "rows": rows,
                            "cpu_bf16": cpu_has_bf16(), "torch": torch.__version__}
-    by = {r["model"]: r for r in rows if "error" not in r}
-    # the path `sparseseg predict` takes on this machine (precision auto)
-    deployed = "uresnet2d-bf16" if res["cpu_bf16"] and "uresnet2d-bf16" in by else "uresnet2d"
-    if deployed in by and by[deployed].get("event_time_s") is not None:
-        d = by[deployed]
-        res["deployed"] = deployed
-        res["event_time_s"] = d["event_time_s"]
-        res["event_peak_mem_mb"] = d.get("event_peak_mem_mb")
-        if by.get("uresnet2d-graph", {}).get("event_time_s"):
-            res["speedup_over_graph"] = by["uresnet2d-graph"]["event_time_s"] / d["event_time_s"]
-    if "uresnet2d-dense" in by:
-        dense = by["uresnet2d-dense"]
-        res["ratios"] = {}
-        for key, sparse_row in (("", "uresnet2d"), ("_deployed", deployed)):
-            if sparse_row in by:
-                s = by[sparse_row]
-                res["ratios"][f"dense_over_sparse_time{key}"] = dense["time_s_median"] / s["time_s_median"]
-                res["ratios"][f"dense_over_sparse_mem{key}"] = dense["peak_mem_mb"] / max(s["peak_mem_mb"], 1e-3)
+    peaks = {}
     if device == "cpu":
         say("bench: torch.mm peak ...")
-        res["sgemm_fp32_gflops_per_s"] = sgemm_peak(threads)
+        peaks["sgemm_fp32_gflops_per_s"] = sgemm_peak(threads)
         if res["cpu_bf16"]:
-            res["sgemm_bf16_gflops_per_s"] = sgemm_peak(threads, torch.bfloat16)
-        for row_name, key, peak in (("uresnet2d", "sparse_efficiency", "sgemm_fp32_gflops_per_s"),
-                                    ("uresnet2d-bf16", "sparse_efficiency_bf16", "sgemm_bf16_gflops_per_s")):
-            if row_name in by and peak in res and "gflops_per_s" in by[row_name]:
-                res[key] = by[row_name]["gflops_per_s"] / res[peak]
-    res["targets"] = _targets(res)
+            peaks["sgemm_bf16_gflops_per_s"] = sgemm_peak(threads, torch.bfloat16)
+    res.update(summarize(rows, res["cpu_bf16"], peaks))
     if scaling and device == "cpu":
         pts = []
         for occ in OCCUPANCIES:
@@ -474,6 +453,37 @@ def _run(models, threads, reps, device, scaling, say, tmp) -> dict[str, Any]:
                 "time_exponent": float(np.polyfit(n, np.log([p["time_s_median"] for p in pts]), 1)[0]),
                 "mem_exponent": float(np.polyfit(n, np.log([max(p["peak_mem_mb"], 1e-3) for p in pts]), 1)[0]),
             }
+    return res
+
+
+def summarize(rows: list[dict[str, Any]], cpu_bf16: bool, peaks: dict[str, float]) -> dict[str, Any]:
+    """The figures a run derives from its rows: the deployed path (what ``predict`` runs with
+    precision auto) and its whole-event time and memory, its speed-up over the spconv graph,
+    dense-over-sparse time and memory ratios, FLOP-rate efficiency against the torch.mm peaks in
+    ``peaks``, and the targets met or missed."""
+    res: dict[str, Any] = dict(peaks)
+    by = {r["model"]: r for r in rows if "error" not in r}
+    deployed = "uresnet2d-bf16" if cpu_bf16 and "uresnet2d-bf16" in by else "uresnet2d"
+    if deployed in by and by[deployed].get("event_time_s") is not None:
+        d = by[deployed]
+        res["deployed"] = deployed
+        res["event_time_s"] = d["event_time_s"]
+        res["event_peak_mem_mb"] = d.get("event_peak_mem_mb")
+        if by.get("uresnet2d-graph", {}).get("event_time_s"):
+            res["speedup_over_graph"] = by["uresnet2d-graph"]["event_time_s"] / d["event_time_s"]
+    if "uresnet2d-dense" in by:
+        dense = by["uresnet2d-dense"]
+        res["ratios"] = {}
+        for key, sparse_row in (("", "uresnet2d"), ("_deployed", deployed)):
+            if sparse_row in by:
+                s = by[sparse_row]
+                res["ratios"][f"dense_over_sparse_time{key}"] = dense["time_s_median"] / s["time_s_median"]
+                res["ratios"][f"dense_over_sparse_mem{key}"] = dense["peak_mem_mb"] / max(s["peak_mem_mb"], 1e-3)
+    for row_name, key, peak in (("uresnet2d", "sparse_efficiency", "sgemm_fp32_gflops_per_s"),
+                                ("uresnet2d-bf16", "sparse_efficiency_bf16", "sgemm_bf16_gflops_per_s")):
+        if row_name in by and peak in res and "gflops_per_s" in by[row_name]:
+            res[key] = by[row_name]["gflops_per_s"] / res[peak]
+    res["targets"] = _targets(res)
     return res
 
 

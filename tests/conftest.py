@@ -71,3 +71,14 @@ class RulebookFlops:
         from sparseseg.models import sparse_cpu
 
         sparse_cpu.indice_conv = self._orig
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for the module that asks (pytestmark), restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,7 +10,7 @@ from sparseseg.models.cvn import CVN_CLASSES, SEResBlock
 from sparseseg.models.dense_uresnet import convert_sparse_state_dict, densify, predict_events
 from sparseseg.models.roi_nets import SqueezeExcite
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ROI = {"roi-unet": 16, "roi-mobilenetv2": 32, "roi-mobilenetv3": 32, "roi-transformer": 16}
 
@@ -92,12 +92,14 @@ def test_squeeze_excite_scales_channels():
         assert torch.allclose(se(x), x, atol=1e-6)
         se.fc2.bias.fill_(-30.0)  # gate ~ 0: channels switched off
         assert float(se(x).abs().max()) < 1e-6
-    # scale is one number per (sample, channel), in [0, 1]
+    # scale is one gate per (sample, channel), and the block is the input times its gate
     torch.manual_seed(1)
     se2 = SqueezeExcite(8)
+    x2 = torch.rand(3, 8, 4, 4)
     with torch.no_grad():
-        s = se2.scale(torch.rand(3, 8, 4, 4))
-    assert s.shape == (3, 8, 1, 1) and float(s.min()) >= 0 and float(s.max()) <= 1
+        s = se2.scale(x2)
+        assert s.shape == (3, 8, 1, 1)
+        torch.testing.assert_close(se2(x2), x2 * s)
     blk = SEResBlock(4, 8, stride=2)
     assert blk(torch.rand(1, 4, 9, 9)).shape == (1, 8, 5, 5)
 

@@ -5,7 +5,7 @@ import torch
 
 from sparseseg.export import export_model, load_dense_checkpoint
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 try:  # ONNX tests need both the exporter's onnx package and onnxruntime
     import onnx  # noqa: F401

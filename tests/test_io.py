@@ -23,7 +23,6 @@ from sparseseg.io import (
     EventWriter,
     write_events,
 )
-from sparseseg.io import format as h5format
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -585,11 +584,6 @@ def test_reader_without_validation_gives_same_events(tmp_path, rng):
         for a, b in zip(f, events):
             assert isinstance(a, Event)
             assert_same_event(a, b)
-
-
-def test_module_constants():
-    assert FORMAT_NAME == "sparseseg-events" and FORMAT_VERSION == 1
-    assert h5format.COMPRESSION in ("gzip", "lzf")
 
 
 def test_file_permissions_and_index_types(tmp_path, rng):

@@ -17,7 +17,7 @@ from sparseseg.roi import (
     threshold_roi,
 )
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL = ROIConfig(n_wires=48, n_ticks=400, vertex_wire=8, vertex_tick=40)
 
 

@@ -82,8 +82,18 @@ def test_ddp_two_processes_agree(tmp_path, train_file):
     log = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     digests = [r["weights_sha256"] for r in log if "weights_sha256" in r][-1]
     assert len(digests) == 2 and digests[0] == digests[1]
-    # and the weights moved away from their initialisation
     assert checkpoint.load(tmp_path / "run" / "checkpoint.pt")["step"] == 4
+    # and the weights moved away from their initialisation: a run with lr 0 ends on the initial
+    # weights (so the seed reproduces them), and the DDP weights differ from those
+    still = tiny_config(train_file, max_steps=1, lr=0.0, val_every=1, checkpoint_every=1)
+    train(still, tmp_path / "still", progress=False)
+    init = [json.loads(x) for x in (tmp_path / "still" / "metrics.jsonl").read_text().splitlines()][-1]
+    torch.manual_seed(0)
+    from sparseseg.models import build_model
+    from sparseseg.train import weights_digest
+
+    assert init["weights_sha256"] == [weights_digest(build_model("uresnet", dim=2, depth=3, filters=8, reps=1))]
+    assert digests[0] != init["weights_sha256"][0]
 
 
 def test_accumulation_equals_one_large_batch():
@@ -130,6 +140,13 @@ def test_memory_fields_accumulate_and_bf16_in_log(tmp_path, train_file):
     assert [r["step"] for r in steps] == [1, 2]
     assert all(r["peak_rss_mb"] > 50 for r in steps)
     assert "max_memory_allocated_mb" not in steps[0]  # CPU run: GPU fields only on CUDA
+    # bf16 ran: the same run in fp32 starts from the same weights and data, and its first loss
+    # differs from the bf16 one by bf16 rounding only (nonzero, under a percent)
+    train(dict(cfg, train=dict(cfg["train"], precision="fp32")), tmp_path / "f", progress=False)
+    fp32 = [json.loads(x) for x in (tmp_path / "f" / "metrics.jsonl").read_text().splitlines()]
+    a, b = steps[0]["loss"], [r for r in fp32 if "loss" in r][0]["loss"]
+    assert a != b and a == pytest.approx(b, rel=1e-2)
+    assert checkpoint.load(tmp_path / "r" / "checkpoint.pt")["precision"] == "bf16"
     with pytest.raises(ValueError, match="config: train.precision 'fp16' unknown; expected one of auto, fp32, bf16"):
         resolve({"train": {"precision": "fp16"}})
     with pytest.raises(ValueError, match="config: train.accumulate must be a positive integer, got 0"):

@@ -16,47 +16,27 @@ This module does not import spconv.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import ClassVar, List, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..classes import NUM_CLASSES
-from ..config import config_from, require_positive
+from ..config import config_from
+from .uresnet_config import UResNetConfig
 
 __all__ = ["DenseUResNetConfig", "DenseUResNet", "build_dense_uresnet", "convert_sparse_state_dict", "predict_events", "densify"]
 
 
 @dataclass
-class DenseUResNetConfig:
-    """Hyper-parameters of :class:`DenseUResNet`; the same fields and defaults as the sparse
-    model's ``UResNetConfig`` (so one config section builds either)."""
+class DenseUResNetConfig(UResNetConfig):
+    """Hyper-parameters of :class:`DenseUResNet`: the sparse model's fields and defaults. For
+    ``input_norm``: the dense network itself takes calibrated values; :func:`predict_events`
+    (and :func:`densify` with ``normalize=True``) apply the per-image MIP calibration before
+    densifying, and an exported dense model expects calibrated input."""
 
-    dim: int = 2
-    in_channels: int = 1
-    num_classes: int = NUM_CLASSES
-    depth: int = 5
-    filters: int = 32
-    reps: int = 2
-    leakiness: float = 0.0
-    input_scale: float = 0.01
-    input_norm: str = "none"
-    """As the sparse model's; the dense network itself takes calibrated values:
-    :func:`predict_events` (and :func:`densify` with ``normalize=True``) apply the per-image
-    MIP calibration before densifying. An exported dense model expects calibrated input."""
-
-    def __post_init__(self) -> None:
-        if self.dim not in (2, 3):
-            raise ValueError(f"uresnet-dense: dim must be 2 or 3, got {self.dim}")
-        if self.input_norm not in ("none", "mip"):
-            raise ValueError(f"uresnet-dense: input_norm must be one of none, mip, got {self.input_norm!r}")
-        require_positive(self, ("in_channels", "num_classes", "depth", "filters", "reps"), "uresnet-dense: ")
-
-    @property
-    def widths(self) -> list[int]:
-        return [self.filters * (i + 1) for i in range(self.depth)]
+    family: ClassVar[str] = "uresnet-dense"
 
 
 def _conv(dim: int):

@@ -221,9 +221,14 @@ class ROIUNet(DenseSegmenter):
                 x = F.max_pool2d(x, 2)
             x = enc(x)
             skips.append(x)
+        x = self.bottleneck(x)
         for i, dec in enumerate(self.decoder):
             x = dec(x, skips[3 - i])
         return self.head(x)
+
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """What runs on the 1/16 features between encoder and decoder: nothing in the UNet."""
+        return x
 
 
 # --------------------------------------------------------------------------- MobileNetV2
@@ -392,39 +397,25 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class TransformerUNet(DenseSegmenter):
+class TransformerUNet(ROIUNet):
     """UNet (double 3x3 convs, 1/16, skips, ReLU) whose bottleneck is a transformer: a
     depthwise-conv position encoding then ``layers`` GELU transformer blocks over the
     (H/16)(W/16) tokens. (B, C, H, W) -> (B, 1, H, W)."""
 
-    STRIDE = 16
-
     def __init__(self, config: ROIModelConfig | None = None, **kwargs) -> None:
-        super().__init__(config or ROIModelConfig(**kwargs))
-        w = [self.config.base * 2**i for i in range(5)]
-        self.encoder = nn.ModuleList([DoubleConv(self.in_channels, w[0])] + [DoubleConv(w[i - 1], w[i]) for i in range(1, 5)])
-        self.pos = nn.Conv2d(w[4], w[4], 3, padding=1, groups=w[4])
-        self.transformer = nn.ModuleList([TransformerBlock(w[4], self.config.heads) for _ in range(self.config.layers)])
-        self.norm = nn.LayerNorm(w[4])
-        self.decoder = nn.ModuleList([UpBlock(w[i + 1], w[i], w[i]) for i in reversed(range(4))])
-        self.head = nn.Conv2d(w[0], 1, 1)
+        super().__init__(config, **kwargs)
+        top = self.config.base * 16
+        self.pos = nn.Conv2d(top, top, 3, padding=1, groups=top)
+        self.transformer = nn.ModuleList([TransformerBlock(top, self.config.heads) for _ in range(self.config.layers)])
+        self.norm = nn.LayerNorm(top)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        skips: List[torch.Tensor] = []
-        for i, enc in enumerate(self.encoder):
-            if i > 0:
-                x = F.max_pool2d(x, 2)
-            x = enc(x)
-            skips.append(x)
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.pos(x)
         b, c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
         t = x.flatten(2).transpose(1, 2)  # (B, HW, C)
         for blk in self.transformer:
             t = blk(t)
-        x = self.norm(t).transpose(1, 2).reshape(b, c, h, w)
-        for i, dec in enumerate(self.decoder):
-            x = dec(x, skips[3 - i])
-        return self.head(x)
+        return self.norm(t).transpose(1, 2).reshape(b, c, h, w)
 
 
 # --------------------------------------------------------------------------- builders

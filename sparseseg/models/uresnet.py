@@ -11,7 +11,6 @@ residual blocks. BatchNorm + LeakyReLU throughout; a linear head gives per-pixel
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -27,9 +26,9 @@ logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 import spconv.pytorch as spconv  # noqa: E402
 from spconv.core import ConvAlgo
 
-from ..classes import NUM_CLASSES
-from ..config import config_from, require_positive
+from ..config import config_from
 from . import sparse_cpu
+from .uresnet_config import UResNetConfig
 
 __all__ = ["UResNetConfig", "SparseUResNet", "build_uresnet", "collate", "cpu_path", "guard_cpu_backward"]
 
@@ -77,7 +76,6 @@ def _algo(device: torch.device | str | None = None) -> ConvAlgo | None:
 
 
 PATHS = ("auto", "engine", "graph")
-INPUT_NORMS = ("none", "mip")
 
 
 def prepare_input(config, indices: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -112,37 +110,6 @@ def cpu_path(device, dim: int, precision: str = "fp32", grad: bool = True) -> st
     if grad:
         return "engine" if dim == 2 else "graph"
     return "graph" if dim == 3 and precision == "fp32" else "infer"
-
-
-# --------------------------------------------------------------------------- config
-@dataclass
-class UResNetConfig:
-    """Hyper-parameters of :class:`SparseUResNet` (stored in checkpoints)."""
-
-    dim: int = 2
-    in_channels: int = 1
-    num_classes: int = NUM_CLASSES
-    depth: int = 5
-    filters: int = 32
-    reps: int = 2
-    leakiness: float = 0.0
-    input_scale: float = 0.01
-    """Features are multiplied by this before the stem (ADC 10..300 -> 0.1..3)."""
-    input_norm: str = "none"
-    """"mip": each image is first rescaled to the nominal MIP scale estimated from its own
-    pixels (:mod:`sparseseg.calibration`), so the model does not depend on the detector's gain;
-    "none": raw values."""
-
-    def __post_init__(self) -> None:
-        if self.dim not in (2, 3):
-            raise ValueError(f"uresnet: dim must be 2 or 3, got {self.dim}")
-        if self.input_norm not in INPUT_NORMS:
-            raise ValueError(f"uresnet: input_norm must be one of {', '.join(INPUT_NORMS)}, got {self.input_norm!r}")
-        require_positive(self, ("in_channels", "num_classes", "depth", "filters", "reps"), "uresnet: ")
-
-    @property
-    def widths(self) -> list[int]:
-        return [self.filters * (i + 1) for i in range(self.depth)]
 
 
 # --------------------------------------------------------------------------- blocks
