@@ -12,14 +12,26 @@ import tempfile
 from pathlib import Path
 from typing import Callable, IO
 
-__all__ = ["write_atomic", "write_text"]
+__all__ = ["temp_file", "write_atomic", "write_text"]
+
+
+def temp_file(path: str | Path) -> tuple[int, str]:
+    """Open a new empty temporary file next to ``path`` (hidden, ``.tmp`` suffix) with the
+    permissions a plain new file would get (0666 less the umask, not mkstemp's 0600), so the
+    renamed result is as readable as any other output. Returns ``(fd, temporary path)``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
 
 
 def write_atomic(path: str | Path, write: Callable[[IO], object], binary: bool = True) -> Path:
     """Call ``write(fh)`` on a temporary file next to ``path``, fsync it, rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file(path)
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
             write(fh)

@@ -398,13 +398,11 @@ class _PerEventWriter:
     target's folder and renamed over the target when complete (never a half-written file)."""
 
     def __init__(self, path: str, fmt: str) -> None:
-        import tempfile
-
+        from .atomic import temp_file
         from .classes import CLASS_NAMES
 
         self.path, self.fmt, self.rows = path, fmt, 0
-        target = Path(path)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, self.tmp = temp_file(path)
         self.fh = os.fdopen(fd, "w", newline="")
         self.fields = ["file", "entry", "event_id", "plane", "dim", "pixels", "scored_pixels", "accuracy",
                        "track_shower_accuracy"] + [f"efficiency_{n}" for n in CLASS_NAMES]

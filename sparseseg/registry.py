@@ -66,8 +66,8 @@ SHIPPED: dict[str, Shipped] = {s.name: s for s in (
     _roi("roi_mobilenetv2", "MobileNetV2-UNet", "75d04732bca75e52eecea859297ef0200f1807c29e2f370ceb9c59fbf3f4587e"),
     Shipped("cvn", "cvn.pt", "cvn.md", "cvn.yaml",
             "event classifier nu_mu CC / nu_e CC / NC (dense SE-ResNet CVN)",
-            "05a7941c4b68e1a6894c1322bb8c43af68af26c9b340caafe1cf79cd72c5bb89",
-            "simulator preset crop512, 500 x 500 views around the vertex",
+            "4dff33827b8b3e91cf505b63cae73765388f59b128e8e7fa1be4d42f7e17aa0d",
+            "simulator 0.4, preset crop512, 500 x 500 views around the vertex, balanced training",
             "wire-plane ADC, nominal gain"),
 )}
 

@@ -165,6 +165,21 @@ def test_balanced_cvn_stream_without_simulating_its_rejects():
         cvn_dataset(1, 3, indices=[bomb], size=64)
 
 
+def test_neutrino_indices_are_the_interactions_cvn_dataset_draws():
+    from sparseseg.tasks.cvn import TOPOLOGY_CLASS, cvn_dataset, cvn_views, neutrino_indices
+    from sparseseg.simulate import interaction_topology, simulate_full
+
+    idx = neutrino_indices(4, 3, start=2)
+    tops = [interaction_topology("crop512", 3, i) for i in range(2, idx[-1] + 1)]
+    assert [i for i, t in zip(range(2, idx[-1] + 1), tops) if t in TOPOLOGY_CLASS] == idx  # every neutrino, in order
+    x, y = cvn_dataset(4, 3, start=2, size=64)
+    assert y.tolist() == [TOPOLOGY_CLASS[interaction_topology("crop512", 3, i)] for i in idx]
+    events, _ = simulate_full("crop512", 3, idx[3])
+    np.testing.assert_array_equal(cvn_views(events, 64), x[3])
+    dense = events[2].to_dense()  # 512 x 512 view, centre 64 x 64 kept
+    np.testing.assert_array_equal(x[3, 2], dense[224:288, 224:288])
+
+
 def test_nue_selection_cut_chosen_on_tuning_set_by_hand():
     from sparseseg.tasks.cvn import nue_selection
 

@@ -592,6 +592,14 @@ def test_file_permissions_and_index_types(tmp_path, rng):
     umask = os.umask(0)
     os.umask(umask)
     assert (os.stat(path).st_mode & 0o777) == (0o666 & ~umask)  # not mkstemp's 0600
+    from sparseseg.atomic import write_text  # reports, checkpoints, metrics: same permissions
+
+    old = os.umask(0o027)
+    try:
+        report = write_text(tmp_path / "report.json", "{}")
+    finally:
+        os.umask(old)
+    assert (os.stat(report).st_mode & 0o777) == 0o640 and report.read_text() == "{}"
     with EventFile(path) as f:
         assert_same_event(f[np.int64(0)], f[0])
         with pytest.raises(TypeError, match="integer"):

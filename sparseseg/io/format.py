@@ -38,7 +38,6 @@ import errno
 import json
 import operator
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -394,12 +393,10 @@ def _read_block(h5: h5py.File, label: str) -> dict[str, Any] | None:
 
 def _temp_path(path: str) -> str:
     """An empty temporary file next to ``path``, with the permissions a new file would get."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    from ..atomic import temp_file
+
+    fd, tmp = temp_file(os.path.abspath(path))
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     return tmp
 
 

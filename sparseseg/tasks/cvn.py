@@ -72,15 +72,36 @@ def cvn_dataset(n: int, seed: int = 0, size: int = 500, start: int = 0, preset: 
                 raise ValueError(f"cvn_dataset: interaction {index - 1} of ({preset}, {seed}) is a {truth.topology}, "
                                  "not a neutrino interaction")
             continue
-        for p, ev in enumerate(events):
-            img = ev.to_dense()
-            h, w = img.shape
-            r0, c0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
-            crop = img[r0 : r0 + size, c0 : c0 + size]
-            images[k, p, : crop.shape[0], : crop.shape[1]] = crop
+        images[k] = cvn_views(events, size)
         labels[k] = TOPOLOGY_CLASS[truth.topology]
         k += 1
     return images, labels
+
+
+def cvn_views(events, size: int = 500) -> np.ndarray:
+    """The CVN input (3, size, size) of one interaction's three plane Events: each view
+    densified and centre-cropped, or zero-padded, to ``size`` x ``size``."""
+    views = np.zeros((len(events), size, size), np.float32)
+    for p, ev in enumerate(events):
+        img = ev.to_dense()
+        h, w = img.shape
+        r0, c0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
+        crop = img[r0 : r0 + size, c0 : c0 + size]
+        views[p, : crop.shape[0], : crop.shape[1]] = crop
+    return views
+
+
+def neutrino_indices(n: int, seed: int, start: int = 0, preset: str = "crop512") -> list[int]:
+    """The stream indices :func:`cvn_dataset` ``(n, seed, start)`` draws: the first ``n``
+    interactions from ``start`` whose topology is a CVN class (nothing is simulated)."""
+    from ..simulate import interaction_topology
+
+    picked, index = [], int(start)
+    while len(picked) < n:
+        if interaction_topology(preset, seed, index) in TOPOLOGY_CLASS:
+            picked.append(index)
+        index += 1
+    return picked
 
 
 class CVNTask:
