@@ -63,14 +63,17 @@ def main(argv=None) -> int:
     p.add_argument("--no-class-bias", action="store_true", help="plain argmax (ignore the weights' class_bias)")
     p.add_argument("--label-rule", default="visible", choices=["visible", "legacy"],
                    help="truth label convention of the simulated events (README 'Classes')")
+    p.add_argument("--hadronic", action="store_true",
+                   help="simulate the events with hadronic interactions of pions and protons (sparseseg simulate --hadronic)")
     args = p.parse_args(argv)
 
     from sparseseg.infer import parse_min_scores
 
-    out = Path(args.out or f"runs/heldout/{Path(args.weights).stem}-{args.precision}-{args.label_rule}")
+    tag = f"{args.label_rule}-hadronic" if args.hadronic else args.label_rule
+    out = Path(args.out or f"runs/heldout/{Path(args.weights).stem}-{args.precision}-{tag}")
     out.mkdir(parents=True, exist_ok=True)
-    events, t_sim = simulated_file(out / f"{args.preset}-seed{args.seed}-n{args.n}-{args.label_rule}.h5",
-                                   args.preset, args.n, args.seed, args.label_rule)
+    events, t_sim = simulated_file(out / f"{args.preset}-seed{args.seed}-n{args.n}-{tag}.h5",
+                                   args.preset, args.n, args.seed, args.label_rule, hadronic=args.hadronic)
     if t_sim:
         print(f"simulated {args.n} {args.preset} interactions (seed {args.seed}) in {t_sim:.0f} s")
     predictor = Predictor(weights=args.weights, min_scores=parse_min_scores(args.min_score), precision=args.precision,
@@ -82,12 +85,14 @@ def main(argv=None) -> int:
     write_text(out / "metrics.json", json.dumps({"summary": s, "timing": r, "weights": args.weights,
                                                   "preset": args.preset, "seed": args.seed, "n": args.n,
                                                   "min_scores": args.min_score, "precision": predictor.precision,
-                                                  "label_rule": args.label_rule,
+                                                  "label_rule": args.label_rule, "hadronic": args.hadronic,
                                                   "class_bias": None if bias is None else bias.tolist()},
                                                  indent=2))
     confusion_heatmap(acc.matrix, str(out / "confusion.png"),
                       title=f"{Path(args.weights).name}: {args.n} held-out {args.preset} interactions (seed {args.seed})")
     title = f"Held-out {args.preset}: {args.n} interactions, seed {args.seed}, label rule {args.label_rule}"
+    if args.hadronic:
+        title += ", hadronic interactions on"
     if args.min_score:
         title += f", --min-score {' '.join(args.min_score)}"
     write_text(out / "card.md", card_markdown(s, title, r))

@@ -16,9 +16,10 @@ __all__ = ["simulated_file", "predict_and_score"]
 
 
 def simulated_file(path: str | Path, preset: str, n: int, seed: int, label_rule: str = "visible",
-                   fresh: bool = False) -> tuple[Path, float]:
+                   fresh: bool = False, hadronic: bool = False) -> tuple[Path, float]:
     """An event file at ``path`` holding the ``n`` interactions of simulator stream ``(preset,
-    seed)`` (all their images) under ``label_rule``. A complete file already there is reused
+    seed)`` (all their images) under ``label_rule`` (``hadronic``: as in
+    :func:`~sparseseg.simulate.simulate_full`). A complete file already there is reused
     (``fresh``: rewritten); an interrupted one is continued. Returns (path, seconds spent
     simulating; 0 when reused)."""
     from .io import EventWriter
@@ -33,8 +34,10 @@ def simulated_file(path: str | Path, preset: str, n: int, seed: int, label_rule:
         path.unlink()
     t0 = time.perf_counter()
     attrs = {"preset": preset, "seed": int(seed), "interactions": int(n), "label_rule": label_rule}
+    if hadronic:
+        attrs["hadronic"] = True
     with EventWriter(str(path), attrs=attrs, resume=True) as w:
-        for i, ev in enumerate(simulate(preset, n, seed, label_rule=label_rule)):
+        for i, ev in enumerate(simulate(preset, n, seed, label_rule=label_rule, hadronic=hadronic)):
             if i >= w.n_done:
                 w.append(ev)
     return path, time.perf_counter() - t0

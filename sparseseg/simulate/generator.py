@@ -8,6 +8,7 @@ import numpy as np
 
 from ..classes import DELTA, HIP, MICHEL, MIP, PLANES as PLANE_NAMES, SHOWER
 from ..event import Event
+from . import hadronic
 from . import physics as ph
 from .deposits import Deposits
 from .detector import Conditions, resolve_conditions
@@ -24,11 +25,12 @@ from .geometry import (
     VOXEL_CM,
     X_TRIGGER_OFFSET,
     clip_lines_to_box,
+    inside_box,
     project_points,
 )
 from .render import charge_points, render_plane, render_voxels
 from .showers import cascade
-from .tracks import propagate_tracks
+from .tracks import concat_steps, propagate_tracks
 
 # ----------------------------------------------------------------------------- presets
 
@@ -232,7 +234,60 @@ def sample_cosmics(rng, n, lo, hi, ext=400.0):
 DELTA_TMIN = 1.0  # MeV
 
 
-def _run_physics(rng, prim: Primaries, lo, hi, topology, vertex, label_rule: str = "visible"):
+def _hadronic_generations(rng, prim: Primaries, ti, mass, d_int, steps, lo, hi):
+    """Secondaries of the tracks that interacted (distance ``d_int`` shorter than where they
+    stopped or left), appended to ``prim``, propagated, and interacting in turn
+    (:mod:`sparseseg.simulate.hadronic`). Returns the track indices into ``prim``, their masses,
+    all their steps, and the interaction points."""
+    all_ti, all_mass, points, cur, cur_d, cur_steps = [ti], [mass], [], ti, d_int, steps
+    for gen in range(hadronic.GENERATIONS):
+        R0 = np.zeros(cur.size)
+        for mval in np.unique(all_mass[-1]):
+            sel = all_mass[-1] == mval
+            R0[sel] = ph.csda_range(np.asarray(prim.T)[cur[sel]], float(mval))
+        has = cur_steps.count > 0
+        ended = np.full(cur.size, False)
+        ended[has] = inside_box(cur_steps.end[has], lo, hi)
+        hit = np.flatnonzero(ended & (cur_d < np.minimum(R0, np.asarray(prim.max_len)[cur])))
+        new_tracks = []
+        for k in hit:
+            i = int(cur[k])
+            last = cur_steps.first[k] + cur_steps.count[k] - 1
+            T_int = float(ph.energy_at_range(np.array([R0[k] - cur_d[k]]), float(all_mass[-1][k]))[0])
+            at = cur_steps.end[k]
+            points.append((at, prim.shift[i]))
+            for pdg_s, d_s, T_s in hadronic.products(rng, prim.pdg[i], T_int, cur_steps.vec[last]):
+                if pdg_s != 22:
+                    new_tracks.append(len(prim))
+                prim.add(pdg_s, at, d_s, T_s, shift=prim.shift[i], parent=f"hadronic:{i}")
+        if not new_tracks:
+            break
+        cur = np.array(new_tracks)
+        m = np.array([ph.PDG_MASS[prim.pdg[i]] for i in cur])
+        T_new = np.array([prim.T[i] for i in cur])
+        pdg_new = np.array([prim.pdg[i] for i in cur])
+        cur_d = hadronic.interaction_distance(rng, pdg_new, T_new, m, np.full(cur.size, gen + 1 < hadronic.GENERATIONS))
+        cur_steps = propagate_tracks(rng, np.array([prim.start[i] for i in cur]), np.array([prim.dir[i] for i in cur]),
+                                     T_new, m, np.where(pdg_new == 2212, 0.15, 0.3), lo, hi, cur_d)
+        steps = concat_steps(steps, cur_steps)
+        all_ti.append(cur)
+        all_mass.append(m)
+    return np.concatenate(all_ti), np.concatenate(all_mass), steps, points
+
+
+def _run_physics(rng, prim: Primaries, lo, hi, topology, vertex, label_rule: str = "visible", hadronic_on: bool = False):
+    hadronic_points: list = []
+    if hadronic_on:
+        n0 = len(prim)
+        is_track0 = np.isin(np.abs(np.array(prim.pdg, dtype=np.int64)), (13, 211, 2212))
+        ti0 = np.flatnonzero(is_track0)
+        mass0 = np.array([ph.PDG_MASS[int(prim.pdg[i])] for i in ti0])
+        d_int = hadronic.interaction_distance(rng, np.array(prim.pdg)[ti0], np.array(prim.T)[ti0], mass0,
+                                              ~np.array(prim.cosmic, bool)[ti0]) if n0 else np.zeros(0)
+        steps0 = propagate_tracks(rng, np.array(prim.start).reshape(n0, 3)[ti0], np.array(prim.dir).reshape(n0, 3)[ti0],
+                                  np.array(prim.T)[ti0], mass0, np.where(np.array(prim.pdg)[ti0] == 2212, 0.15, 0.3),
+                                  lo, hi, np.minimum(np.array(prim.max_len)[ti0], d_int))
+        _, _, steps0, hadronic_points = _hadronic_generations(rng, prim, ti0, mass0, d_int, steps0, lo, hi)
     n = len(prim)
     pdg = np.array(prim.pdg, dtype=np.int64)
     start = np.array(prim.start).reshape(n, 3)
@@ -248,8 +303,11 @@ def _run_physics(rng, prim: Primaries, lo, hi, topology, vertex, label_rule: str
     is_track = np.isin(np.abs(pdg), (13, 211, 2212))
     ti = np.flatnonzero(is_track)
     mass = np.array([ph.PDG_MASS[int(p)] for p in pdg[ti]])
-    step = np.where(pdg[ti] == 2212, 0.15, 0.3)
-    steps = propagate_tracks(rng, start[ti], dirs[ti], T[ti], mass, step, lo, hi, max_len[ti])
+    if hadronic_on:
+        steps = steps0  # tracks propagated above, secondaries appended to prim in track order
+    else:
+        step = np.where(pdg[ti] == 2212, 0.15, 0.3)
+        steps = propagate_tracks(rng, start[ti], dirs[ti], T[ti], mass, step, lo, hi, max_len[ti])
     # knock-ons above DELTA_TMIN are drawn explicitly below, so muons and pions lose only the
     # restricted energy loss along the track (else that charge would be counted twice)
     light_steps = mass[steps.owner] < 500.0 if steps.owner.size else np.zeros(0, bool)
@@ -326,8 +384,9 @@ def _run_physics(rng, prim: Primaries, lo, hi, topology, vertex, label_rule: str
 
     # vertices: the interaction vertex, muon decay points, photon conversion points
     vtx = np.asarray(vertex, float).reshape(-1, 3)
-    v3 = np.concatenate([vtx, mich_pts, conv])
-    vs = np.concatenate([np.zeros(len(vtx)), mich_shift, conv_shift])
+    hp = np.array([p for p, _ in hadronic_points]).reshape(-1, 3)
+    v3 = np.concatenate([vtx, mich_pts, conv, hp])
+    vs = np.concatenate([np.zeros(len(vtx)), mich_shift, conv_shift, np.array([s for _, s in hadronic_points])])
     truth = Truth(
         topology, vtx[0], pdg[ti], cluster[ti], start[ti], steps.end, steps.contained, shift[ti], cosmic[ti],
         em["pdg"], em["label"], em["cluster"], em["origin"], em["vis"], em["shift"], em_parent, v3, vs,
@@ -404,9 +463,15 @@ def interaction_topology(preset: str, seed: int, index: int) -> str:
 
 
 def simulate_full(
-    preset: str, seed: int, index: int, conditions: Conditions | None = None, label_rule: str = "visible"
+    preset: str, seed: int, index: int, conditions: Conditions | None = None, label_rule: str = "visible",
+    hadronic: bool = False,
 ) -> tuple[list[Event], Truth]:
     """Simulate one interaction; returns its Events and the generator truth.
+
+    ``hadronic``: pions and protons interact inelastically with argon nuclei
+    (:mod:`sparseseg.simulate.hadronic`: interaction length 85.7 cm, secondaries from the
+    interaction point). Off by default in simulator 0.4, so that the shipped weights' training
+    and held-out streams stay as they were; with it off the stream is bit-identical.
 
     ``label_rule``: "visible" (default) or "legacy", the label convention of
     :mod:`sparseseg.simulate.labels`; it changes labels only, never charge or coordinates.
@@ -453,10 +518,12 @@ def simulate_full(
         for i in np.flatnonzero(use):
             prim.add(cpdg[i], entry[i], cdirs[i], cT[i], cshift[i], cosmic=True, max_len=chord[i] + 10.0, parent="cosmic")
 
-    deps, truth = _run_physics(rng, prim, lo, hi, topology, vertex, label_rule)
+    deps, truth = _run_physics(rng, prim, lo, hi, topology, vertex, label_rule, bool(hadronic))
     parents = delta_parents(truth) if label_rule == "visible" else {}
     truth.windows = windows or []
     meta = {"event_id": index, "preset": pre.name, "seed": seed, "topology": topology}
+    if hadronic:
+        meta["hadronic"] = True
     if pre.ndim == 3:
         pts = charge_points(rng_det, deps, diffuse=False)
         r = render_voxels(pts, conditions=cond)
@@ -480,20 +547,20 @@ def simulate_full(
 
 
 def simulate_interaction(preset: str, seed: int, index: int, conditions: Conditions | None = None,
-                         label_rule: str = "visible") -> list[Event]:
+                         label_rule: str = "visible", hadronic: bool = False) -> list[Event]:
     """Simulate interaction ``index`` of the stream ``seed``.
 
     2D presets ("uboone", "crop512") give three Events, planes U, V, Y in that order;
     "pilarnet" gives one 3D Event. The result depends only on (preset, seed, index) and the
     detector ``conditions`` (None: the preset's default), which never change the physics.
     """
-    return simulate_full(preset, seed, index, conditions=conditions, label_rule=label_rule)[0]
+    return simulate_full(preset, seed, index, conditions=conditions, label_rule=label_rule, hadronic=hadronic)[0]
 
 
 def simulate(preset: str, n: int, seed: int, start: int = 0, conditions: Conditions | None = None,
-             label_rule: str = "visible") -> Iterator[Event]:
-    """Yield the Events of interactions start .. start + n - 1, in order (``conditions``: as in
-    :func:`simulate_full`)."""
+             label_rule: str = "visible", hadronic: bool = False) -> Iterator[Event]:
+    """Yield the Events of interactions start .. start + n - 1, in order (``conditions`` and
+    ``hadronic``: as in :func:`simulate_full`)."""
     _check_preset(preset)
     resolve_conditions(preset, conditions)
     check_label_rule(label_rule)
@@ -503,6 +570,7 @@ def simulate(preset: str, n: int, seed: int, start: int = 0, conditions: Conditi
 
     def gen():
         for i in range(start, start + n):
-            yield from simulate_interaction(preset, seed, i, conditions=conditions, label_rule=label_rule)
+            yield from simulate_interaction(preset, seed, i, conditions=conditions, label_rule=label_rule,
+                                            hadronic=hadronic)
 
     return gen()

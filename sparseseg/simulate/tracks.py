@@ -164,6 +164,15 @@ def _finish(pos, vec, lens, dedx, energy, owner, keep, P, contained) -> Steps:
     return Steps(pos, vec, lens, dedx, energy, owner, first, count, end, contained & has)
 
 
+def concat_steps(a: Steps, b: Steps) -> Steps:
+    """The steps of two batches of particles as one batch: ``a``'s particles, then ``b``'s."""
+    cat = np.concatenate
+    return Steps(cat([a.start, b.start]), cat([a.vec, b.vec]), cat([a.length, b.length]), cat([a.dedx, b.dedx]),
+                 cat([a.energy, b.energy]), cat([a.owner, b.owner + a.first.size]),
+                 cat([a.first, b.first + a.owner.size]), cat([a.count, b.count]), cat([a.end, b.end]),
+                 cat([a.contained, b.contained]))
+
+
 def _empty_steps() -> Steps:
     z3 = np.zeros((0, 3))
     z = np.zeros(0)

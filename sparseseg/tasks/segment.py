@@ -55,6 +55,7 @@ class ImageSource:
         self.planes = data_cfg.get("planes")
         self.augment = data_cfg.get("augment")
         self.label_rule = data_cfg.get("label_rule", "visible")
+        self.hadronic = bool(data_cfg.get("hadronic", False))
         self.files = files if files is not None else data_cfg["train"]
         self._cache: OrderedDict[int, list] = OrderedDict()
         self._dataset = None
@@ -71,7 +72,8 @@ class ImageSource:
             from ..simulate import simulate_interaction
 
             cond = draw_conditions(self.augment, self.preset, self.seed, k)
-            evs = simulate_interaction(self.preset, self.seed, k, conditions=cond, label_rule=self.label_rule)
+            evs = simulate_interaction(self.preset, self.seed, k, conditions=cond, label_rule=self.label_rule,
+                                       hadronic=self.hadronic)
             if self.planes:
                 evs = [e for e in evs if e.plane in self.planes]
             self._cache[k] = evs
