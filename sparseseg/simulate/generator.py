@@ -237,13 +237,13 @@ DELTA_TMIN = 1.0  # MeV
 def _hadronic_generations(rng, prim: Primaries, ti, mass, d_int, steps, lo, hi):
     """Secondaries of the tracks that interacted (distance ``d_int`` shorter than where they
     stopped or left), appended to ``prim``, propagated, and interacting in turn
-    (:mod:`sparseseg.simulate.hadronic`). Returns the track indices into ``prim``, their masses,
-    all their steps, and the interaction points."""
-    all_ti, all_mass, points, cur, cur_d, cur_steps = [ti], [mass], [], ti, d_int, steps
+    (:mod:`sparseseg.simulate.hadronic`). Returns the steps of all tracks (``ti``'s, then each
+    generation's in the order appended) and the interaction points with their time shifts."""
+    points, cur, cur_mass, cur_d, cur_steps = [], ti, mass, d_int, steps
     for gen in range(hadronic.GENERATIONS):
         R0 = np.zeros(cur.size)
-        for mval in np.unique(all_mass[-1]):
-            sel = all_mass[-1] == mval
+        for mval in np.unique(cur_mass):
+            sel = cur_mass == mval
             R0[sel] = ph.csda_range(np.asarray(prim.T)[cur[sel]], float(mval))
         has = cur_steps.count > 0
         ended = np.full(cur.size, False)
@@ -253,7 +253,7 @@ def _hadronic_generations(rng, prim: Primaries, ti, mass, d_int, steps, lo, hi):
         for k in hit:
             i = int(cur[k])
             last = cur_steps.first[k] + cur_steps.count[k] - 1
-            T_int = float(ph.energy_at_range(np.array([R0[k] - cur_d[k]]), float(all_mass[-1][k]))[0])
+            T_int = float(ph.energy_at_range(np.array([R0[k] - cur_d[k]]), float(cur_mass[k]))[0])
             at = cur_steps.end[k]
             points.append((at, prim.shift[i]))
             for pdg_s, d_s, T_s in hadronic.products(rng, prim.pdg[i], T_int, cur_steps.vec[last]):
@@ -263,16 +263,14 @@ def _hadronic_generations(rng, prim: Primaries, ti, mass, d_int, steps, lo, hi):
         if not new_tracks:
             break
         cur = np.array(new_tracks)
-        m = np.array([ph.PDG_MASS[prim.pdg[i]] for i in cur])
+        cur_mass = m = np.array([ph.PDG_MASS[prim.pdg[i]] for i in cur])
         T_new = np.array([prim.T[i] for i in cur])
         pdg_new = np.array([prim.pdg[i] for i in cur])
         cur_d = hadronic.interaction_distance(rng, pdg_new, T_new, m, np.full(cur.size, gen + 1 < hadronic.GENERATIONS))
         cur_steps = propagate_tracks(rng, np.array([prim.start[i] for i in cur]), np.array([prim.dir[i] for i in cur]),
                                      T_new, m, np.where(pdg_new == 2212, 0.15, 0.3), lo, hi, cur_d)
         steps = concat_steps(steps, cur_steps)
-        all_ti.append(cur)
-        all_mass.append(m)
-    return np.concatenate(all_ti), np.concatenate(all_mass), steps, points
+    return steps, points
 
 
 def _run_physics(rng, prim: Primaries, lo, hi, topology, vertex, label_rule: str = "visible", hadronic_on: bool = False):
@@ -287,7 +285,7 @@ def _run_physics(rng, prim: Primaries, lo, hi, topology, vertex, label_rule: str
         steps0 = propagate_tracks(rng, np.array(prim.start).reshape(n0, 3)[ti0], np.array(prim.dir).reshape(n0, 3)[ti0],
                                   np.array(prim.T)[ti0], mass0, np.where(np.array(prim.pdg)[ti0] == 2212, 0.15, 0.3),
                                   lo, hi, np.minimum(np.array(prim.max_len)[ti0], d_int))
-        _, _, steps0, hadronic_points = _hadronic_generations(rng, prim, ti0, mass0, d_int, steps0, lo, hi)
+        steps0, hadronic_points = _hadronic_generations(rng, prim, ti0, mass0, d_int, steps0, lo, hi)
     n = len(prim)
     pdg = np.array(prim.pdg, dtype=np.int64)
     start = np.array(prim.start).reshape(n, 3)
