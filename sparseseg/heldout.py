@@ -19,23 +19,26 @@ def simulated_file(path: str | Path, preset: str, n: int, seed: int, label_rule:
                    fresh: bool = False, hadronic: bool = False) -> tuple[Path, float]:
     """An event file at ``path`` holding the ``n`` interactions of simulator stream ``(preset,
     seed)`` (all their images) under ``label_rule`` (``hadronic``: as in
-    :func:`~sparseseg.simulate.simulate_full`). A complete file already there is reused
-    (``fresh``: rewritten); an interrupted one is continued. Returns (path, seconds spent
-    simulating; 0 when reused)."""
-    from .io import EventWriter
-    from .simulate import simulate
+    :func:`~sparseseg.simulate.simulate_full`). A complete file already there is reused when it
+    records the same stream and simulator version (else, or with ``fresh``, it is rewritten);
+    an interrupted one is continued. Returns (path, seconds spent simulating; 0 when reused)."""
+    from .io import EventFile, EventWriter
+    from .simulate import SIMULATOR_VERSION, simulate
 
     path = Path(path)
     if n < 1:
         raise ValueError(f"simulated_file: n must be >= 1, got {n}")
+    attrs = {"preset": preset, "seed": int(seed), "interactions": int(n), "label_rule": label_rule,
+             "simulator_version": SIMULATOR_VERSION}
+    if hadronic:
+        attrs["hadronic"] = True
     if path.exists():
-        if not fresh:
+        with EventFile(str(path)) as f:
+            old = {k: f.attrs.get(k) for k in (*attrs, "hadronic")}
+        if not fresh and old == {"hadronic": None, **attrs}:
             return path, 0.0
         path.unlink()
     t0 = time.perf_counter()
-    attrs = {"preset": preset, "seed": int(seed), "interactions": int(n), "label_rule": label_rule}
-    if hadronic:
-        attrs["hadronic"] = True
     with EventWriter(str(path), attrs=attrs, resume=True) as w:
         for i, ev in enumerate(simulate(preset, n, seed, label_rule=label_rule, hadronic=hadronic)):
             if i >= w.n_done:

@@ -468,7 +468,7 @@ def simulate_full(
 
     ``hadronic``: pions and protons interact inelastically with argon nuclei
     (:mod:`sparseseg.simulate.hadronic`: interaction length 85.7 cm, secondaries from the
-    interaction point). Off by default in simulator 0.4, so that the shipped weights' training
+    interaction point). Off by default (simulator 0.5), so that the shipped weights' training
     and held-out streams stay as they were; with it off the stream is bit-identical.
 
     ``label_rule``: "visible" (default) or "legacy", the label convention of

@@ -67,7 +67,8 @@ class ChargePoints:
 def charge_points(rng: np.random.Generator, deps: Deposits, diffuse: bool) -> ChargePoints:
     """Split deposit segments into ~1 mm charge samples; optionally diffuse them with drift."""
     L = np.sqrt((deps.vec * deps.vec).sum(axis=1))
-    n = np.maximum(np.ceil(L / SUBSTEP_CM).astype(np.int64), 1)
+    # the tolerance keeps a step of exactly k substeps (0.3 cm tracks) at k whatever its last bits
+    n = np.maximum(np.ceil(L / SUBSTEP_CM - 1e-6).astype(np.int64), 1)
     o = np.repeat(np.arange(n.size), n)
     first = np.concatenate([[0], np.cumsum(n)[:-1]]) if n.size else np.zeros(0, np.int64)
     j = np.arange(o.size) - first[o]
