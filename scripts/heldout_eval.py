@@ -63,13 +63,13 @@ def main(argv=None) -> int:
     p.add_argument("--no-class-bias", action="store_true", help="plain argmax (ignore the weights' class_bias)")
     p.add_argument("--label-rule", default="visible", choices=["visible", "legacy"],
                    help="truth label convention of the simulated events (README 'Classes')")
-    p.add_argument("--hadronic", action="store_true",
-                   help="simulate the events with hadronic interactions of pions and protons (sparseseg simulate --hadronic)")
+    p.add_argument("--no-hadronic", dest="hadronic", action="store_false",
+                   help="simulate the events without hadronic interactions of pions and protons (sparseseg simulate --no-hadronic)")
     args = p.parse_args(argv)
 
     from sparseseg.infer import parse_min_scores
 
-    tag = f"{args.label_rule}-hadronic" if args.hadronic else args.label_rule
+    tag = args.label_rule if args.hadronic else f"{args.label_rule}-no-hadronic"
     out = Path(args.out or f"runs/heldout/{Path(args.weights).stem}-{args.precision}-{tag}")
     out.mkdir(parents=True, exist_ok=True)
     events, t_sim = simulated_file(out / f"{args.preset}-seed{args.seed}-n{args.n}-{tag}.h5",
@@ -91,8 +91,8 @@ def main(argv=None) -> int:
     confusion_heatmap(acc.matrix, str(out / "confusion.png"),
                       title=f"{Path(args.weights).name}: {args.n} held-out {args.preset} interactions (seed {args.seed})")
     title = f"Held-out {args.preset}: {args.n} interactions, seed {args.seed}, label rule {args.label_rule}"
-    if args.hadronic:
-        title += ", hadronic interactions on"
+    if not args.hadronic:
+        title += ", without hadronic interactions"
     if args.min_score:
         title += f", --min-score {' '.join(args.min_score)}"
     write_text(out / "card.md", card_markdown(s, title, r))

@@ -170,8 +170,7 @@ def _simulate(args) -> None:
         attrs.update(feature_units="ADC", adc_min=ADC_MIN, adc_max=ADC_MAX)
     identity = {"command": "simulate", "preset": args.preset, "seed": args.seed, "start": args.start, "n": args.n,
                 "label_rule": args.label_rule, "sparseseg": __version__, "simulator_version": SIMULATOR_VERSION}
-    if args.hadronic:
-        attrs["hadronic"] = identity["hadronic"] = True
+    attrs["hadronic"] = identity["hadronic"] = args.hadronic
     t0 = time.perf_counter()
     with _tracking_output(args.output):
         with EventWriter(args.output, attrs=attrs, resume=not args.restart, identity=identity) as writer:
@@ -690,9 +689,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-rule", choices=["visible", "legacy"], default="visible",
                    help="label convention (README 'Classes'): visible (default: unresolvable delta stubs belong to their "
                         "track, knock-ons above the critical energy are showers) or legacy (every knock-on is delta)")
-    s.add_argument("--hadronic", action="store_true",
-                   help="pions and protons interact inelastically with argon nuclei (interaction length 85.7 cm: kinks, "
-                        "absorption stars, secondary protons); off by default, as in the shipped weights' training data")
+    s.add_argument("--no-hadronic", dest="hadronic", action="store_false",
+                   help="pions and protons do not interact with argon nuclei (by default they do, interaction length "
+                        "85.7 cm: kinks, absorption stars, secondary protons; as before simulator 0.5)")
     s.add_argument("--restart", action="store_true",
                    help="discard the saved part of an interrupted run of this output (<output>.partial) instead of resuming it")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -25,7 +25,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "planes": None,  # restrict to these planes, e.g. [Y]; null = all
         "num_workers": 1,
         "label_rule": "visible",  # label convention of simulated data: visible | legacy (sparseseg.simulate.labels)
-        "hadronic": False,  # simulated pions and protons interact with argon nuclei (sparseseg.simulate.hadronic)
+        "hadronic": True,  # simulated pions and protons interact with argon nuclei (sparseseg.simulate.hadronic)
         "augment": None,  # detector conditions drawn per simulated interaction (AUGMENT_DEFAULTS); null = nominal
         "balance": False,  # event classifier (cvn): draw the training stream with equal numbers per class
     },

@@ -16,7 +16,7 @@ __all__ = ["simulated_file", "predict_and_score"]
 
 
 def simulated_file(path: str | Path, preset: str, n: int, seed: int, label_rule: str = "visible",
-                   fresh: bool = False, hadronic: bool = False) -> tuple[Path, float]:
+                   fresh: bool = False, hadronic: bool = True) -> tuple[Path, float]:
     """An event file at ``path`` holding the ``n`` interactions of simulator stream ``(preset,
     seed)`` (all their images) under ``label_rule`` (``hadronic``: as in
     :func:`~sparseseg.simulate.simulate_full`). A complete file already there is reused when it
@@ -29,13 +29,11 @@ def simulated_file(path: str | Path, preset: str, n: int, seed: int, label_rule:
     if n < 1:
         raise ValueError(f"simulated_file: n must be >= 1, got {n}")
     attrs = {"preset": preset, "seed": int(seed), "interactions": int(n), "label_rule": label_rule,
-             "simulator_version": SIMULATOR_VERSION}
-    if hadronic:
-        attrs["hadronic"] = True
+             "hadronic": bool(hadronic), "simulator_version": SIMULATOR_VERSION}
     if path.exists():
         with EventFile(str(path)) as f:
-            old = {k: f.attrs.get(k) for k in (*attrs, "hadronic")}
-        if not fresh and old == {"hadronic": None, **attrs}:
+            old = {k: f.attrs.get(k) for k in attrs}
+        if not fresh and old == attrs:
             return path, 0.0
         path.unlink()
     t0 = time.perf_counter()

@@ -81,22 +81,35 @@ def test_tracks_in_the_simulation_interact_at_the_rate(pdg, mass, T):
     assert len(truth.vertices3d) > 1 + 0.9 * n * (1 - survive) / 2
 
 
-def test_option_off_leaves_the_stream_unchanged_and_on_changes_it():
-    a, ta = simulate_full("crop512", 3, 1)
-    b, tb = simulate_full("crop512", 3, 1, hadronic=False)
+def test_switching_off_adds_no_draw_and_on_makes_secondaries():
+    """Off: no hadronic draw at all, so the physics stream is that of simulator 0.4 (pinned in
+    test_regression); on (the default): secondaries with their labels."""
+    from sparseseg.simulate.generator import _run_physics as run
+
+    prim = Primaries()
+    prim.add(2212, [100.0, 0.0, 500.0], [0.0, 0.0, 1.0], 300.0)
+    rng = np.random.default_rng(3)
+    run(rng, prim, TPC_LO, TPC_HI, "test", np.array([100.0, 0.0, 500.0]), hadronic_on=False)
+    rng_ref = np.random.default_rng(3)
+    prim_ref = Primaries()
+    prim_ref.add(2212, [100.0, 0.0, 500.0], [0.0, 0.0, 1.0], 300.0)
+    run(rng_ref, prim_ref, TPC_LO, TPC_HI, "test", np.array([100.0, 0.0, 500.0]))  # the default of _run_physics: off
+    assert rng.random() == rng_ref.random() and len(prim) == 1
+    a, _ = simulate_full("crop512", 3, 1)
+    b, _ = simulate_full("crop512", 3, 1, hadronic=True)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x.coords, y.coords)
         np.testing.assert_array_equal(x.features, y.features)
-    assert "hadronic" not in a[0].meta
+    assert a[0].meta["hadronic"] is True
     # an interaction with hadrons: find one whose tracks interact
     for i in range(40):
-        ev_on, t_on = simulate_full("crop512", 3, i, hadronic=True)
-        _, t_off = simulate_full("crop512", 3, i)
+        ev_on, t_on = simulate_full("crop512", 3, i)
+        ev_off, t_off = simulate_full("crop512", 3, i, hadronic=False)
         if len(t_on.track_pdg) > len(t_off.track_pdg):
             break
     else:
         pytest.fail("no interacting hadron in 40 interactions")
-    assert ev_on[0].meta["hadronic"] is True
+    assert ev_off[0].meta["hadronic"] is False
     new = np.setdiff1d(t_on.track_cluster, t_off.track_cluster)
     labels = np.concatenate([e.labels[np.isin(e.clusters, new)] for e in ev_on])
     kinds = t_on.track_pdg[np.isin(t_on.track_cluster, new)]
@@ -110,21 +123,21 @@ def test_config_cli_and_training_stream_pass_the_option(tmp_path):
     from sparseseg.io import EventFile
     from sparseseg.tasks.segment import ImageSource
 
-    assert resolve({})["data"]["hadronic"] is False
+    assert resolve({})["data"]["hadronic"] is True
     with pytest.raises(ValueError, match=r"config: data.hadronic must be true or false \(bool\), got 'yes' \(str\)"):
         resolve({"data": {"hadronic": "yes"}})
     out = tmp_path / "h.h5"
-    assert main(["simulate", "--preset", "crop512", "-n", "2", "--seed", "3", "--hadronic", "-q", "-o", str(out)]) == 0
-    on = [simulate_full("crop512", 3, i, hadronic=True)[0] for i in range(2)]
+    assert main(["simulate", "--preset", "crop512", "-n", "2", "--seed", "3", "--no-hadronic", "-q", "-o", str(out)]) == 0
+    on = [simulate_full("crop512", 3, i, hadronic=False)[0] for i in range(2)]
     with EventFile(out) as f:
-        assert f.attrs["hadronic"] is True or f.attrs["hadronic"] == 1
+        assert bool(f.attrs["hadronic"]) is False
         got = list(f)
     assert len(got) == 6
     for a, b in zip(got, [e for evs in on for e in evs]):
         np.testing.assert_array_equal(a.coords, b.coords)
         np.testing.assert_array_equal(a.labels, b.labels)
-    cfg = resolve({"data": {"simulate": "crop512", "seed": 3, "hadronic": True}})["data"]
+    cfg = resolve({"data": {"simulate": "crop512", "seed": 3, "hadronic": False}})["data"]
     np.testing.assert_array_equal(ImageSource(cfg)._interaction(1)[0].coords, on[1][0].coords)
     assert len(on[1][0]) != len(simulate_full("crop512", 3, 1)[0][0])  # interaction 1 holds an interacting hadron
-    cfg_off = resolve({"data": {"simulate": "crop512", "seed": 3}})["data"]
-    np.testing.assert_array_equal(ImageSource(cfg_off)._interaction(1)[0].coords, simulate_full("crop512", 3, 1)[0][0].coords)
+    cfg_on = resolve({"data": {"simulate": "crop512", "seed": 3}})["data"]
+    np.testing.assert_array_equal(ImageSource(cfg_on)._interaction(1)[0].coords, simulate_full("crop512", 3, 1)[0][0].coords)

@@ -14,11 +14,11 @@ def test_cached_file_reused_only_for_the_same_stream_and_simulator(tmp_path, mon
     mtime = path.stat().st_mtime_ns
     assert simulated_file(path, "crop512", 1, 9) == (path, 0.0)  # reused
     assert path.stat().st_mtime_ns == mtime
-    assert simulated_file(path, "crop512", 1, 9, hadronic=True)[1] > 0  # another stream: rewritten
+    assert simulated_file(path, "crop512", 1, 9, hadronic=False)[1] > 0  # another stream: rewritten
     with EventFile(str(path)) as f:
-        assert bool(f.attrs["hadronic"]) is True and f[0].meta.get("hadronic") is True
-    assert simulated_file(path, "crop512", 1, 9, hadronic=True)[1] == 0.0
+        assert bool(f.attrs["hadronic"]) is False and f[0].meta.get("hadronic") is False
+    assert simulated_file(path, "crop512", 1, 9, hadronic=False)[1] == 0.0
     monkeypatch.setattr(simulate_pkg, "SIMULATOR_VERSION", "0.0-older")  # a file from another version
-    assert simulated_file(path, "crop512", 1, 9, hadronic=True)[1] > 0
+    assert simulated_file(path, "crop512", 1, 9, hadronic=False)[1] > 0
     with EventFile(str(path)) as f:
         assert f.attrs["simulator_version"] == "0.0-older"

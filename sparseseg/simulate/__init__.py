@@ -14,7 +14,8 @@ to sparseseg 0.1.0; 0.3 from sparseseg 0.2.0, which adds restricted muon dE/dx w
 units, without clipping (wire-plane images are bit-identical to 0.3); 0.5 from sparseseg 0.4.0:
 the same seed gives the same events on every CPU (a track step of exactly k charge
 sub-samples is split into k whatever the last bits of its length, which numpy's AVX2 and
-AVX-512 code paths computed differently), and the ``hadronic`` option.
+AVX-512 code paths computed differently), and pions and protons interact with argon nuclei
+(``hadronic``, on by default; ``hadronic=False`` gives the 0.4 physics).
 Simulated files record it in their ``simulator_version`` attribute."""
 
 __all__ = ["PRESETS", "Preset", "SIMULATOR_VERSION", "interaction_topology", "simulate", "simulate_interaction", "simulate_full",

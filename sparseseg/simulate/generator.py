@@ -462,14 +462,13 @@ def interaction_topology(preset: str, seed: int, index: int) -> str:
 
 def simulate_full(
     preset: str, seed: int, index: int, conditions: Conditions | None = None, label_rule: str = "visible",
-    hadronic: bool = False,
+    hadronic: bool = True,
 ) -> tuple[list[Event], Truth]:
     """Simulate one interaction; returns its Events and the generator truth.
 
-    ``hadronic``: pions and protons interact inelastically with argon nuclei
-    (:mod:`sparseseg.simulate.hadronic`: interaction length 85.7 cm, secondaries from the
-    interaction point). Off by default (simulator 0.5), so that the shipped weights' training
-    and held-out streams stay as they were; with it off the stream is bit-identical.
+    ``hadronic`` (default on since simulator 0.5): pions and protons interact inelastically
+    with argon nuclei (:mod:`sparseseg.simulate.hadronic`: interaction length 85.7 cm,
+    secondaries from the interaction point); off, they only stop or leave, as before 0.5.
 
     ``label_rule``: "visible" (default) or "legacy", the label convention of
     :mod:`sparseseg.simulate.labels`; it changes labels only, never charge or coordinates.
@@ -520,8 +519,7 @@ def simulate_full(
     parents = delta_parents(truth) if label_rule == "visible" else {}
     truth.windows = windows or []
     meta = {"event_id": index, "preset": pre.name, "seed": seed, "topology": topology}
-    if hadronic:
-        meta["hadronic"] = True
+    meta["hadronic"] = bool(hadronic)
     if pre.ndim == 3:
         pts = charge_points(rng_det, deps, diffuse=False)
         r = render_voxels(pts, conditions=cond)
@@ -545,7 +543,7 @@ def simulate_full(
 
 
 def simulate_interaction(preset: str, seed: int, index: int, conditions: Conditions | None = None,
-                         label_rule: str = "visible", hadronic: bool = False) -> list[Event]:
+                         label_rule: str = "visible", hadronic: bool = True) -> list[Event]:
     """Simulate interaction ``index`` of the stream ``seed``.
 
     2D presets ("uboone", "crop512") give three Events, planes U, V, Y in that order;
@@ -556,7 +554,7 @@ def simulate_interaction(preset: str, seed: int, index: int, conditions: Conditi
 
 
 def simulate(preset: str, n: int, seed: int, start: int = 0, conditions: Conditions | None = None,
-             label_rule: str = "visible", hadronic: bool = False) -> Iterator[Event]:
+             label_rule: str = "visible", hadronic: bool = True) -> Iterator[Event]:
     """Yield the Events of interactions start .. start + n - 1, in order (``conditions`` and
     ``hadronic``: as in :func:`simulate_full`)."""
     _check_preset(preset)

@@ -55,7 +55,7 @@ class ImageSource:
         self.planes = data_cfg.get("planes")
         self.augment = data_cfg.get("augment")
         self.label_rule = data_cfg.get("label_rule", "visible")
-        self.hadronic = bool(data_cfg.get("hadronic", False))
+        self.hadronic = bool(data_cfg.get("hadronic", True))
         self.files = files if files is not None else data_cfg["train"]
         self._cache: OrderedDict[int, list] = OrderedDict()
         self._dataset = None
