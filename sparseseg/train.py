@@ -22,6 +22,7 @@ import torch
 from . import __version__, checkpoint
 from .atomic import write_text
 from .config import resolve
+from .simulate import SIMULATOR_VERSION
 from .tasks import accumulated_step, task_for
 
 
@@ -228,6 +229,9 @@ def _resume(ckpt_path: Path, cfg: dict, precision: str, model, optimizer, ema, r
         raise ValueError(f"--resume: {ckpt_path} was trained in {ckpt['precision']}, this run would use {precision}; "
                          f"set train.precision: {ckpt['precision']} to continue it")
     changes = check_resume_config(ckpt["config"], cfg, ckpt_path)
+    if (cfg.get("data") or {}).get("simulate") and ckpt.get("simulator_version") != SIMULATOR_VERSION:
+        # a simulated stream from another simulator version: same config, other physics
+        changes["simulator_version"] = (ckpt.get("simulator_version", "unrecorded"), SIMULATOR_VERSION)
     try:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -264,7 +268,8 @@ def _validate(task, judged, val_data, done: int, cfg: dict, precision: str, best
         return metrics, best, stale + 1
     checkpoint.save(out / "best.pt", {"model": judged.state_dict(), "step": done, "config": cfg,
                                       "classes": list(task.classes), "version": __version__,
-                                      "metrics": metrics, "precision": precision})
+                                      "simulator_version": SIMULATOR_VERSION, "metrics": metrics,
+                                      "precision": precision})
     return metrics, {"accuracy": metrics["accuracy"], "step": done}, 0
 
 
@@ -367,7 +372,7 @@ def train(config: dict, out: str | Path, resume: bool = False, max_steps: int | 
         checkpoint.save(ckpt_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
             "config": cfg, "classes": list(task.classes), "version": __version__,
-            "best": best, "stale": stale, "precision": precision,
+            "simulator_version": SIMULATOR_VERSION, "best": best, "stale": stale, "precision": precision,
             **({"ema": ema.state_dict()} if ema is not None else {}),
         })
         _write_log(out / "metrics.jsonl", log)

@@ -351,3 +351,29 @@ def test_internal_errors_are_reported_as_bugs_not_as_bad_input(tmp_path, monkeyp
     monkeypatch.setattr(cli_mod, "file_info", refuses)
     line = error_line(["info", str(path)], capsys)
     assert line.startswith("sparseseg info: error: confusion_matrix: truth has 1 pixels but pred has 2")
+
+
+def test_resume_records_a_simulator_version_change(tmp_path, capsys):
+    """Same config, other physics: a run on a simulated stream resumed by another simulator
+    version says so (checkpoints record the version; one without it is 'unrecorded')."""
+    import torch
+
+    from sparseseg.simulate import SIMULATOR_VERSION
+
+    cfg = {"model": {"name": "uresnet", "dim": 2, "depth": 2, "filters": 4, "reps": 1},
+           "data": {"simulate": "crop512", "seed": 2, "val_images": 1, "num_workers": 0, "planes": ["Y"]},
+           "train": {"batch_size": 1, "max_steps": 1, "val_every": 1, "log_every": 1, "checkpoint_every": 1,
+                     "threads": 1, "warmup_steps": 1}}
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert ckpt["simulator_version"] == SIMULATOR_VERSION
+    del ckpt["simulator_version"]  # as written before checkpoints recorded it
+    torch.save(ckpt, run / "checkpoint.pt")
+    capsys.readouterr()
+    train(cfg, run, resume=True, max_steps=2, progress=False)
+    err = capsys.readouterr().err
+    assert f'simulator_version "unrecorded" -> "{SIMULATOR_VERSION}"' in err
+    log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["resume_changed"] for r in log if "resume_changed" in r] == [
+        {"simulator_version": ["unrecorded", SIMULATOR_VERSION], "train.max_steps": [1, 2]}]
