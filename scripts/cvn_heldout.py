@@ -32,6 +32,8 @@ def main(argv=None) -> int:
     p.add_argument("--tune-n", type=int, default=500, help="validation interactions the nu_e cut is chosen on (default 500)")
     p.add_argument("--out", default="runs/cvn_heldout")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-hadronic", dest="hadronic", action="store_false",
+                   help="simulate without hadronic interactions of pions and protons (the physics before simulator 0.5)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -41,6 +43,7 @@ def main(argv=None) -> int:
     from sparseseg.classes import CVN_CLASSES
     from sparseseg.metrics import classification_table
     from sparseseg.plots import confusion_heatmap, score_histograms
+    from sparseseg.simulate import SIMULATOR_VERSION
     from sparseseg.tasks.cvn import cvn_dataset, cvn_probabilities, nue_selection
 
     model, ckpt = load_model(args.weights, name="cvn")
@@ -51,13 +54,13 @@ def main(argv=None) -> int:
     nue = CVN_CLASSES.index("nu_e CC")
 
     t0 = time.perf_counter()
-    x, y = cvn_dataset(args.n, args.seed, preset=preset)
+    x, y = cvn_dataset(args.n, args.seed, preset=preset, hadronic=args.hadronic)
     t_sim = time.perf_counter() - t0
     t0 = time.perf_counter()
     prob = cvn_probabilities(model, x)
     t_net = (time.perf_counter() - t0) / max(1, len(x))
     del x
-    xt, yt = cvn_dataset(args.tune_n, tune_seed, preset=preset)
+    xt, yt = cvn_dataset(args.tune_n, tune_seed, preset=preset, hadronic=args.hadronic)
     sel = nue_selection(cvn_probabilities(model, xt), yt, prob, y, MIN_PURITY)
     del xt
 
@@ -85,7 +88,8 @@ def main(argv=None) -> int:
     score_histograms(prob[:, nue], y, CVN_CLASSES, str(out / "nue_score.png"), score_name="P(nu_e CC)",
                      cut=sel["cut"], title=title)
     write_text(out / "metrics.json", json.dumps({
-        "weights": args.weights, "n": len(y), "seed": args.seed, "preset": preset, "accuracy": table["accuracy"],
+        "weights": args.weights, "n": len(y), "seed": args.seed, "preset": preset, "hadronic": args.hadronic,
+        "simulator_version": SIMULATOR_VERSION, "accuracy": table["accuracy"],
         "efficiency": dict(zip(CVN_CLASSES, table["efficiency"])), "purity": dict(zip(CVN_CLASSES, table["purity"])),
         "confusion": cm.tolist(), "time_per_interaction_s": t_net,
         "nue_selection": {**sel, "min_purity": MIN_PURITY, "tuned_on": {"seed": tune_seed, "n": args.tune_n}}},

@@ -69,6 +69,8 @@ def main(argv=None) -> int:
     p.add_argument("--min-pixels", type=int, default=30, help="pixels (three views together) for a photon to count as seen")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="also write the table to this JSON file")
+    p.add_argument("--no-hadronic", dest="hadronic", action="store_false",
+                   help="simulate without hadronic interactions of pions and protons (the physics before simulator 0.5)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
         def tqdm(x, **_):
             return x
     for index in tqdm(neutrino_indices(args.n, args.seed, preset=preset), desc="interactions", file=sys.stderr):
-        events, truth = simulate_full(preset, args.seed, index)
+        events, truth = simulate_full(preset, args.seed, index, hadronic=args.hadronic)
         x = cvn_views(events, size)[None]
         pred = int(cvn_probabilities(model, x).argmax(1)[0])
         info = photon_groups(truth, events, size, args.min_pixels)

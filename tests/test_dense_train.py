@@ -178,6 +178,9 @@ def test_neutrino_indices_are_the_interactions_cvn_dataset_draws():
     np.testing.assert_array_equal(cvn_views(events, 64), x[3])
     dense = events[2].to_dense()  # 512 x 512 view, centre 64 x 64 kept
     np.testing.assert_array_equal(x[3, 2], dense[224:288, 224:288])
+    x_off, _ = cvn_dataset(4, 3, start=2, size=64, hadronic=False)  # the physics before simulator 0.5
+    np.testing.assert_array_equal(x_off[3], cvn_views(simulate_full("crop512", 3, idx[3], hadronic=False)[0], 64))
+    assert not all(np.array_equal(a, b) for a, b in zip(x, x_off))
 
 
 def test_nue_selection_cut_chosen_on_tuning_set_by_hand():

@@ -35,7 +35,7 @@ def balanced_indices(n: int, seed: int, start: int = 0, preset: str = "crop512",
 
 
 def cvn_dataset(n: int, seed: int = 0, size: int = 500, start: int = 0, preset: str = "crop512",
-                indices: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                indices: Sequence[int] | None = None, hadronic: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Dense 3-view images and labels of ``n`` simulated neutrino interactions.
 
     Interactions ``start, start + 1, ...`` of the simulator stream ``(preset, seed)`` are
@@ -43,7 +43,8 @@ def cvn_dataset(n: int, seed: int = 0, size: int = 500, start: int = 0, preset: 
     (particle bombs are skipped) until ``n`` are collected; or, with ``indices``, exactly those
     interactions of the stream (e.g. from :func:`balanced_indices`). Each plane's view (the 512 x 512
     window around the vertex of the ``crop512`` preset, cosmics included) is densified and
-    centre-cropped, or zero-padded, to ``size`` x ``size``.
+    centre-cropped, or zero-padded, to ``size`` x ``size``. ``hadronic``: as in
+    :func:`~sparseseg.simulate.simulate_full`.
 
     Returns
     -------
@@ -65,7 +66,7 @@ def cvn_dataset(n: int, seed: int = 0, size: int = 500, start: int = 0, preset: 
     while k < n:
         if todo is not None:
             index = int(next(todo))
-        events, truth = simulate_full(preset, seed, index)
+        events, truth = simulate_full(preset, seed, index, hadronic=hadronic)
         index += 1
         if truth.topology not in TOPOLOGY_CLASS or len(events) != 3:
             if todo is not None:
@@ -114,6 +115,7 @@ class CVNTask:
         self.cfg = cfg
         self.preset = cfg["data"]["simulate"] or "crop512"
         self.seed, self.val_seed = int(cfg["data"]["seed"]), int(cfg["data"]["val_seed"])
+        self.hadronic = bool(cfg["data"].get("hadronic", True))
 
     def batches(self, rank: int, world: int) -> StepData:
         t = self.cfg["train"]
@@ -122,11 +124,11 @@ class CVNTask:
             # equal classes: nu_e CC is ~15 % of the stream, so micro-batch k scans from 8nk
             def make(k):
                 idx = balanced_indices(n, self.seed, start=k * 8 * n, preset=self.preset, rotate=k)
-                return cvn_dataset(n, self.seed, preset=self.preset, indices=idx)
+                return cvn_dataset(n, self.seed, preset=self.preset, indices=idx, hadronic=self.hadronic)
         else:
             # interaction k*2n.. of the stream: particle bombs are skipped, so leave room
             def make(k):
-                return cvn_dataset(n, self.seed, start=k * 2 * n, preset=self.preset)
+                return cvn_dataset(n, self.seed, start=k * 2 * n, preset=self.preset, hadronic=self.hadronic)
         return StepData(make, t["accumulate"], rank, world)
 
     def prepare(self, micro_batch, device):
@@ -141,7 +143,8 @@ class CVNTask:
         return int((logits.argmax(1) == y).sum()), len(y)
 
     def validation(self):
-        return cvn_dataset(int(self.cfg["data"]["val_images"]), self.val_seed, preset=self.preset)
+        return cvn_dataset(int(self.cfg["data"]["val_images"]), self.val_seed, preset=self.preset,
+                           hadronic=self.hadronic)
 
     def evaluate(self, model, val, batch_size: int = 8) -> dict[str, Any]:
         """Cross-entropy, accuracy, and per-class efficiency and purity."""
