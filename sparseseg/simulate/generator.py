@@ -144,20 +144,8 @@ def _add_protons(rng, prim, vtx, mean, cap=4):
 def _add_pi0(rng, prim, vtx, parent="pi0"):
     p = 40.0 + rng.gamma(2.0, 140.0)
     d = _forward_dir(rng, 0.7)
-    E = np.hypot(p, ph.M_PI0)
-    gam, beta = E / ph.M_PI0, p / E
-    cs = rng.uniform(-1, 1)
-    phi = rng.uniform(0, 2 * np.pi)
-    e1, e2 = ph.orthonormal_basis(d[None])
-    perp = np.cos(phi) * e1[0] + np.sin(phi) * e2[0]
-    half = ph.M_PI0 / 2
-    for sgn in (1.0, -1.0):
-        c = sgn * cs
-        s = np.sqrt(max(0.0, 1 - c * c))
-        Elab = gam * half * (1 + beta * c)
-        ppar = gam * half * (c + beta)
-        vec = ppar * d + sgn * half * s * perp
-        prim.add(22, vtx, vec, Elab, parent=parent)
+    for pdg, vec, E in hadronic.pi0_photons(rng, p, d):
+        prim.add(pdg, vtx, vec, E, parent=parent)
 
 
 def _neutrino(rng, topology, vtx, prim):

@@ -78,8 +78,8 @@ def _protons(rng, n: int, budget: float, d: np.ndarray):
 
 
 def pi0_photons(rng, p: float, d: np.ndarray):
-    """The two photons (pdg 22, direction, energy) of a pi0 of momentum ``p`` (MeV/c) along
-    ``d``, isotropic decay in its rest frame."""
+    """The two photons (pdg 22, momentum vector, energy) of a pi0 of momentum ``p`` (MeV/c)
+    along the unit vector ``d``, isotropic decay in its rest frame (two draws: cos theta*, phi)."""
     E = np.hypot(p, ph.M_PI0)
     gam, beta = E / ph.M_PI0, p / E
     cs = rng.uniform(-1, 1)
@@ -92,7 +92,7 @@ def pi0_photons(rng, p: float, d: np.ndarray):
         c = sgn * cs
         s = np.sqrt(max(0.0, 1 - c * c))
         vec = gam * half * (c + beta) * d + sgn * half * s * perp
-        out.append((22, vec / np.linalg.norm(vec), float(gam * half * (1 + beta * c))))
+        out.append((22, vec, float(gam * half * (1 + beta * c))))
     return out
 
 
