@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     from sparseseg.registry import sha256
 
     print(f"sha256 {sha256(out)}: put it in sparseseg/registry.py and the model card, and update "
-          "PINNED_PREDICTIONS_AVX2 / _AVX512 in tests/test_regression.py (each on its kind of CPU)")
+          "PINNED_PREDICTIONS in tests/test_regression.py")
     return 0
 
 
