@@ -26,11 +26,14 @@ import sys
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 
 def photon_groups(truth, events, size: int, min_pixels: int) -> dict:
     """Truth features of one interaction: pixels per EM primary of the neutrino (pi0
     photons and the nu_e electron) inside the CVN views, and the photons' gaps."""
+    from sparseseg.tasks.cvn import crop_origin
+
     out = {"photons": [], "electron_pixels": 0}
     for i, (pdg, parent) in enumerate(zip(truth.em_pdg, truth.em_parent)):
         if parent not in ("pi0", "nu"):
@@ -38,8 +41,7 @@ def photon_groups(truth, events, size: int, min_pixels: int) -> dict:
         cid = int(truth.em_cluster[i])
         pixels = 0
         for ev in events:
-            h, w = ev.shape
-            r0, c0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
+            r0, c0 = crop_origin(ev.shape, size)
             inside = ((ev.coords[:, 0] >= r0) & (ev.coords[:, 0] < r0 + size)
                       & (ev.coords[:, 1] >= c0) & (ev.coords[:, 1] < c0 + size))
             pixels += int(np.count_nonzero(inside & (ev.clusters == cid)))
@@ -86,11 +88,6 @@ def main(argv=None) -> int:
     rows: dict[str, list[int]] = {}
     gaps: dict[str, list[float]] = {}
     per_pred: dict[tuple[int, int], list[dict]] = {}
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        def tqdm(x, **_):
-            return x
     for index in tqdm(neutrino_indices(args.n, args.seed, preset=preset), desc="interactions", file=sys.stderr):
         events, truth = simulate_full(preset, args.seed, index, hadronic=args.hadronic)
         x = cvn_views(events, size)[None]

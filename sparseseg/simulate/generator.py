@@ -256,24 +256,37 @@ def _hadronic_generations(rng, prim: Primaries, ti, mass, d_int, steps, lo, hi):
         pdg_new = np.array([prim.pdg[i] for i in cur])
         cur_d = hadronic.interaction_distance(rng, pdg_new, T_new, m, np.full(cur.size, gen + 1 < hadronic.GENERATIONS))
         cur_steps = propagate_tracks(rng, np.array([prim.start[i] for i in cur]), np.array([prim.dir[i] for i in cur]),
-                                     T_new, m, np.where(pdg_new == 2212, 0.15, 0.3), lo, hi, cur_d)
+                                     T_new, m, _track_step(pdg_new), lo, hi, cur_d)
         steps = concat_steps(steps, cur_steps)
     return steps, points
 
 
-def _run_physics(rng, prim: Primaries, lo, hi, topology, vertex, label_rule: str = "visible", hadronic_on: bool = False):
-    hadronic_points: list = []
+def _track_step(pdg: np.ndarray) -> np.ndarray:
+    """Step length (cm) of each track: protons finer, for their Bragg peak."""
+    return np.where(pdg == 2212, 0.15, 0.3)
+
+
+def _propagate(rng, prim: Primaries, lo, hi, hadronic_on: bool):
+    """Step every track of ``prim`` (muons, pions, protons); with ``hadronic_on`` pions and
+    protons may interact, and their secondaries are appended to ``prim`` and stepped too.
+    Returns (steps in track order of the final ``prim``, interaction points with shifts)."""
+    pdg = np.array(prim.pdg, dtype=np.int64)
+    ti = np.flatnonzero(np.isin(np.abs(pdg), (13, 211, 2212)))
+    mass = np.array([ph.PDG_MASS[int(p)] for p in pdg[ti]])
+    T = np.array(prim.T)[ti]
+    max_len = np.array(prim.max_len)[ti]
     if hadronic_on:
-        n0 = len(prim)
-        is_track0 = np.isin(np.abs(np.array(prim.pdg, dtype=np.int64)), (13, 211, 2212))
-        ti0 = np.flatnonzero(is_track0)
-        mass0 = np.array([ph.PDG_MASS[int(prim.pdg[i])] for i in ti0])
-        d_int = hadronic.interaction_distance(rng, np.array(prim.pdg)[ti0], np.array(prim.T)[ti0], mass0,
-                                              ~np.array(prim.cosmic, bool)[ti0]) if n0 else np.zeros(0)
-        steps0 = propagate_tracks(rng, np.array(prim.start).reshape(n0, 3)[ti0], np.array(prim.dir).reshape(n0, 3)[ti0],
-                                  np.array(prim.T)[ti0], mass0, np.where(np.array(prim.pdg)[ti0] == 2212, 0.15, 0.3),
-                                  lo, hi, np.minimum(np.array(prim.max_len)[ti0], d_int))
-        steps0, hadronic_points = _hadronic_generations(rng, prim, ti0, mass0, d_int, steps0, lo, hi)
+        d_int = hadronic.interaction_distance(rng, pdg[ti], T, mass, ~np.array(prim.cosmic, bool)[ti])
+        max_len = np.minimum(max_len, d_int)
+    steps = propagate_tracks(rng, np.array(prim.start).reshape(-1, 3)[ti], np.array(prim.dir).reshape(-1, 3)[ti],
+                             T, mass, _track_step(pdg[ti]), lo, hi, max_len)
+    if not hadronic_on:
+        return steps, []
+    return _hadronic_generations(rng, prim, ti, mass, d_int, steps, lo, hi)
+
+
+def _run_physics(rng, prim: Primaries, lo, hi, topology, vertex, label_rule: str = "visible", hadronic_on: bool = False):
+    steps, hadronic_points = _propagate(rng, prim, lo, hi, hadronic_on)
     n = len(prim)
     pdg = np.array(prim.pdg, dtype=np.int64)
     start = np.array(prim.start).reshape(n, 3)
@@ -281,7 +294,6 @@ def _run_physics(rng, prim: Primaries, lo, hi, topology, vertex, label_rule: str
     T = np.array(prim.T)
     shift = np.array(prim.shift)
     cosmic = np.array(prim.cosmic, bool)
-    max_len = np.array(prim.max_len)
     cluster = np.arange(n, dtype=np.int32)
     next_id = n
     deps: list[Deposits] = []
@@ -289,11 +301,6 @@ def _run_physics(rng, prim: Primaries, lo, hi, topology, vertex, label_rule: str
     is_track = np.isin(np.abs(pdg), (13, 211, 2212))
     ti = np.flatnonzero(is_track)
     mass = np.array([ph.PDG_MASS[int(p)] for p in pdg[ti]])
-    if hadronic_on:
-        steps = steps0  # tracks propagated above, secondaries appended to prim in track order
-    else:
-        step = np.where(pdg[ti] == 2212, 0.15, 0.3)
-        steps = propagate_tracks(rng, start[ti], dirs[ti], T[ti], mass, step, lo, hi, max_len[ti])
     # knock-ons above DELTA_TMIN are drawn explicitly below, so muons and pions lose only the
     # restricted energy loss along the track (else that charge would be counted twice)
     light_steps = mass[steps.owner] < 500.0 if steps.owner.size else np.zeros(0, bool)

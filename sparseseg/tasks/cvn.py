@@ -59,24 +59,23 @@ def cvn_dataset(n: int, seed: int = 0, size: int = 500, start: int = 0, preset: 
         raise ValueError(f"cvn_dataset: n must be >= 0 and size >= 1, got n={n}, size={size}")
     images = np.zeros((n, 3, size, size), np.float32)
     labels = np.zeros(n, np.int64)
-    todo = iter(indices) if indices is not None else None
-    if todo is not None and len(indices) != n:
+    if indices is None:  # topologies are known without simulating: particle bombs are never simulated
+        indices = neutrino_indices(n, seed, start, preset)
+    elif len(indices) != n:
         raise ValueError(f"cvn_dataset: {len(indices)} indices given for n={n}")
-    k, index = 0, int(start)
-    while k < n:
-        if todo is not None:
-            index = int(next(todo))
-        events, truth = simulate_full(preset, seed, index, hadronic=hadronic)
-        index += 1
-        if truth.topology not in TOPOLOGY_CLASS or len(events) != 3:
-            if todo is not None:
-                raise ValueError(f"cvn_dataset: interaction {index - 1} of ({preset}, {seed}) is a {truth.topology}, "
-                                 "not a neutrino interaction")
-            continue
+    for k, index in enumerate(indices):
+        events, truth = simulate_full(preset, seed, int(index), hadronic=hadronic)
+        if truth.topology not in TOPOLOGY_CLASS:
+            raise ValueError(f"cvn_dataset: interaction {index} of ({preset}, {seed}) is a {truth.topology}, "
+                             "not a neutrino interaction")
         images[k] = cvn_views(events, size)
         labels[k] = TOPOLOGY_CLASS[truth.topology]
-        k += 1
     return images, labels
+
+
+def crop_origin(shape, size: int) -> tuple[int, int]:
+    """(row, column) where the centred ``size`` x ``size`` CVN view starts in an image of ``shape``."""
+    return max(0, (shape[0] - size) // 2), max(0, (shape[1] - size) // 2)
 
 
 def cvn_views(events, size: int = 500) -> np.ndarray:
@@ -85,8 +84,7 @@ def cvn_views(events, size: int = 500) -> np.ndarray:
     views = np.zeros((len(events), size, size), np.float32)
     for p, ev in enumerate(events):
         img = ev.to_dense()
-        h, w = img.shape
-        r0, c0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
+        r0, c0 = crop_origin(img.shape, size)
         crop = img[r0 : r0 + size, c0 : c0 + size]
         views[p, : crop.shape[0], : crop.shape[1]] = crop
     return views
