@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     p.add_argument("-n", type=int, default=200, help="interactions (default 200)")
     p.add_argument("--seed", type=int, default=31337, help="held-out simulator seed (default 31337)")
     p.add_argument("--out", help="folder (default runs/heldout/<weights stem>)")
+    p.add_argument("--cache", help="simulated event file to reuse (written if missing or of another stream; "
+                                   "default: inside --out)")
     p.add_argument("--min-score", action="append", default=[], metavar="CLASS=SCORE")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="as for `sparseseg predict`")
     p.add_argument("--no-class-bias", action="store_true", help="plain argmax (ignore the weights' class_bias)")
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
     tag = args.label_rule if args.hadronic else f"{args.label_rule}-no-hadronic"
     out = Path(args.out or f"runs/heldout/{Path(args.weights).stem}-{args.precision}-{tag}")
     out.mkdir(parents=True, exist_ok=True)
-    events, t_sim = simulated_file(out / f"{args.preset}-seed{args.seed}-n{args.n}-{tag}.h5",
+    events, t_sim = simulated_file(Path(args.cache) if args.cache else out / f"{args.preset}-seed{args.seed}-n{args.n}-{tag}.h5",
                                    args.preset, args.n, args.seed, args.label_rule, hadronic=args.hadronic)
     if t_sim:
         print(f"simulated {args.n} {args.preset} interactions (seed {args.seed}) in {t_sim:.0f} s")
