@@ -39,7 +39,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "class_vertex_cluster": ("class + vertex + cluster (1/N) weights",
                              {"weights": {**NO_WEIGHTS, **SHIPPED_CLASS, "vertex": True, "vertex_boost": 2.0,
                                           "cluster": True}}),
-    "sqrt_vertex_cluster": ("batch inverse-sqrt class frequency + vertex x5 + cluster (the package default)",
+    "sqrt_vertex_cluster": ("batch inverse-sqrt class frequency + vertex x5 + cluster (the package default before sparseseg 0.4.1)",
                             {"weights": {"cluster": True, "vertex": True, "vertex_boost": 5.0, "class_mode": "sqrt",
                                          "class_values": None}}),
     "class_vertex_fp32": ("the shipped recipe, trained in fp32 (the others: bf16 where the CPU has it)",

@@ -13,6 +13,14 @@ from typing import Any, Iterable
 
 import yaml
 
+
+def _weight_defaults() -> dict[str, Any]:
+    from .weighting import WeightConfig
+
+    w = WeightConfig()
+    return {f.name: (list(v) if isinstance(v := getattr(w, f.name), tuple) else v) for f in fields(w)}
+
+
 DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {"name": "uresnet"},  # other keys go to the model builder
     "data": {
@@ -51,16 +59,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "init": None,  # checkpoint whose model weights start the run (fine-tuning); optimizer and step start fresh
         "ema": 0.0,  # decay of an exponential moving average of the weights, validated and saved as best.pt; 0 = off
     },
-    "weights": {
-        "cluster": True,
-        "cluster_clip": [0.05, 20.0],
-        "vertex": True,
-        "vertex_radius": 3.0,
-        "vertex_boost": 5.0,
-        "class_mode": "sqrt",
-        "class_values": None,
-        "plane": {},
-    },
+    "weights": _weight_defaults(),  # sparseseg.weighting.WeightConfig's (the shipped 2D recipe)
 }
 
 AUGMENT_DEFAULTS: dict[str, Any] = {

@@ -38,3 +38,10 @@ def test_shipped_recipe_row_has_the_shipped_weighting():
     shipped = resolve(yaml.safe_load((ROOT / "configs" / "uresnet2d.yaml").read_text()))
     assert resolve(mod.variant_config("class_vertex", 10))["weights"] == shipped["weights"]
     assert resolve(mod.variant_config("class_vertex_cluster", 10))["weights"] == {**shipped["weights"], "cluster": True}
+
+
+def test_package_default_weighting_is_the_shipped_recipe():
+    shipped = resolve(yaml.safe_load((ROOT / "configs" / "uresnet2d.yaml").read_text()))
+    assert resolve({})["weights"] == shipped["weights"]
+    assert resolve({})["weights"]["class_values"] == [1.5, 1.0, 1.0, 1.5, 3.0]
+    assert not resolve({})["weights"]["cluster"]
