@@ -74,8 +74,8 @@ def main(argv=None) -> int:
     tag = args.label_rule if args.hadronic else f"{args.label_rule}-no-hadronic"
     out = Path(args.out or f"runs/heldout/{Path(args.weights).stem}-{args.precision}-{tag}")
     out.mkdir(parents=True, exist_ok=True)
-    events, t_sim = simulated_file(Path(args.cache) if args.cache else out / f"{args.preset}-seed{args.seed}-n{args.n}-{tag}.h5",
-                                   args.preset, args.n, args.seed, args.label_rule, hadronic=args.hadronic)
+    cache = Path(args.cache) if args.cache else out / f"{args.preset}-seed{args.seed}-n{args.n}-{tag}.h5"
+    events, t_sim = simulated_file(cache, args.preset, args.n, args.seed, args.label_rule, hadronic=args.hadronic)
     if t_sim:
         print(f"simulated {args.n} {args.preset} interactions (seed {args.seed}) in {t_sim:.0f} s")
     predictor = Predictor(weights=args.weights, min_scores=parse_min_scores(args.min_score), precision=args.precision,

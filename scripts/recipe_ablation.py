@@ -25,11 +25,13 @@ from pathlib import Path
 import torch
 import yaml
 
+from sparseseg.weighting import DEFAULT_CLASS_VALUES
+
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "configs" / "uresnet2d.yaml"
 
 NO_WEIGHTS = {"cluster": False, "vertex": False, "class_mode": "none", "class_values": None}
-SHIPPED_CLASS = {"class_mode": "const", "class_values": [1.5, 1.0, 1.0, 1.5, 3.0]}
+SHIPPED_CLASS = {"class_mode": "const", "class_values": list(DEFAULT_CLASS_VALUES)}
 VARIANTS: dict[str, tuple[str, dict]] = {
     "plain": ("plain cross-entropy", {"weights": NO_WEIGHTS}),
     "class": ("constant class weights (HIP 1.5, delta 1.5, Michel 3)",
@@ -103,12 +105,13 @@ def report(out: Path) -> str:
         m = d / "heldout" / "metrics.json"
         if not m.exists():
             continue
-        s = json.loads(m.read_text())["summary"]
+        scored = json.loads(m.read_text())
+        s = scored["summary"]
         val = [json.loads(line) for line in (d / "run" / "metrics.jsonl").read_text().splitlines()
                if '"val_accuracy"' in line]
         vacc = val[-1]["val_accuracy"] if val else None
         tsec = float((d / "train_seconds.txt").read_text()) if (d / "train_seconds.txt").exists() else None
-        prec = json.loads(m.read_text())["precision"]
+        prec = scored["precision"]
         train_prec = torch.load(d / "run" / "best.pt", map_location="cpu", weights_only=False).get("precision", "?")
         eff = " | ".join(f"{_f(s['efficiency'][c])} / {_f(s['purity'][c])}"
                          for c in ("HIP", "MIP", "shower", "delta", "Michel"))
