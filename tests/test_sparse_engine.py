@@ -1,5 +1,7 @@
 """The differentiable CPU engine against spconv's rulebooks (the reference graph): forward,
 every parameter gradient, a whole optimizer step, bf16, and checkpoints shared by both."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -153,3 +155,36 @@ def test_path_choice():
     m.backend = "fast"
     with pytest.raises(ValueError, match="uresnet: backend 'fast' unknown; expected one of auto, engine, graph"):
         m([_clustered_event((20, 20), 10, 1)])
+
+
+@pytest.mark.parametrize("dim,shape", [(2, (45, 61)), (3, (13, 18, 21))])
+def test_offset_by_offset_equals_gather_gemm(monkeypatch, dim, shape):
+    """The two kernels of a submanifold convolution (only existing neighbour pairs, or one
+    gather-GEMM over every slot) give the same logits and gradients in float64, in training
+    and in the inference engine."""
+    import sparseseg.models.sparse_engine as se
+    import sparseseg.models.sparse_infer as si
+
+    m = _model(dim, depth=3, reps=2, leak=0.1)
+    events = [_clustered_event(shape, 150, s) for s in (4, 5)] + [random_event(shape, 30, seed=9)]
+    idx, feats, spatial, _ = collate(events)
+    feats = feats.double()
+    target = torch.randn(idx.shape[0], m.config.num_classes, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    frozen = copy.deepcopy(m).float().eval()  # before training-mode forwards move its statistics
+    out = {}
+    for pairs in (True, False):
+        monkeypatch.setattr(se, "use_pairs", lambda dtype, p=pairs: p)
+        monkeypatch.setattr(si, "use_pairs", lambda dtype, p=pairs: p)
+        m.zero_grad()
+        m.backend = "engine"
+        logits = m(idx, feats, spatial)
+        (logits * target).sum().backward()
+        fast = si.FastUResNet(frozen, "fp32")
+        flops = fast.count_flops(idx, feats.float(), spatial)
+        out[pairs] = (logits.detach(), {n: p.grad.clone() for n, p in m.named_parameters()},
+                      fast(idx, feats.float(), spatial), flops)
+    (l1, g1, f1, c1), (l0, g0, f0, c0) = out[True], out[False]
+    assert _rel(l1, l0) < 1e-12
+    assert max(_rel(g1[n], g0[n]) for n in g0) < 1e-12
+    assert float((f1 - f0).abs().max()) < 1e-5 * float(f0.abs().max())
+    assert c1 == c0  # both count the useful multiply-adds only

@@ -15,6 +15,10 @@ gather of rows followed by one GEMM, forward and backward, with no scatter:
 - **inverse** y_fine = (x @ [W_0 ... W_S-1]) read at (parent, slot): a gather; dx =
   gather(dy, children) @ W^T, dW = x^T @ gather(dy, children).
 
+That is the bfloat16 kernel. In float32 (and float64) a submanifold convolution runs offset by
+offset instead (:class:`_SubmPairs`, :func:`~.sparse_infer.use_pairs` says why): only the
+existing neighbour pairs are multiplied, at the price of one ``index_add_`` per offset.
+
 The gathered matrices are not kept for backward (they are 3^D times the activations);
 backward gathers again, which costs less than the memory would.
 
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from .sparse_infer import _coarsen, _keys, _Level
+from .sparse_infer import _coarsen, _keys, _Level, chunk_plan, use_pairs
 
 __all__ = ["engine_forward"]
 
@@ -55,30 +59,18 @@ def _step(width: int, itemsize: int) -> int:
     return max(64, CHUNK_BYTES // max(1, width * itemsize))
 
 
-def _rows(m: int, step: int) -> int:
-    """The GEMM row count for a chunk of m <= step rows: step, step/4 or step/16.
-
-    oneDNN caches one primitive (with its scratch buffers) per GEMM shape; with a row count
-    per event size the cache, and the process's memory, would grow with every new batch. Three
-    row counts per filter shape keep it bounded; the padding rows are zeros and are dropped."""
-    for r in (max(1, step // 16), max(1, step // 4)):
-        if m <= r:
-            return r
-    return step
-
-
 def _gather_mm(x: torch.Tensor, table: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """gather(x, table) @ w, chunk by chunk: (N_out, K) table, w (K x C, C_out)."""
     n, k = table.shape
     c = x.shape[1]
     xp = _pad(x)
     out = torch.empty((n, w.shape[1]), dtype=x.dtype)
-    step = _step(k * c, x.element_size())
-    buf = torch.empty((step * k, c), dtype=x.dtype)
-    for a in range(0, n, step):
-        rows = table[a:a + step].reshape(-1)
+    size, quantum = chunk_plan(n, _step(k * c, x.element_size()))
+    buf = torch.empty((size * k, c), dtype=x.dtype)
+    for a in range(0, n, size):
+        rows = table[a:a + size].reshape(-1)
         m = rows.shape[0] // k
-        mp = _rows(m, step)
+        mp = -(-m // quantum) * quantum
         torch.index_select(xp, 0, rows, out=buf[: m * k])
         if mp > m:
             buf[m * k: mp * k].zero_()
@@ -96,20 +88,20 @@ def _gather_t_mm(x: torch.Tensor, table: torch.Tensor, dy: torch.Tensor) -> torc
     c = x.shape[1]
     xp = _pad(x)
     acc = torch.zeros((k * c, dy.shape[1]), dtype=torch.promote_types(x.dtype, torch.float32))
-    step = _step(k * c, x.element_size())
-    buf = torch.empty((step * k, c), dtype=x.dtype)
+    size, quantum = chunk_plan(n, _step(k * c, x.element_size()))
+    buf = torch.empty((size * k, c), dtype=x.dtype)
     dbuf = None
-    for a in range(0, n, step):
-        rows = table[a:a + step].reshape(-1)
+    for a in range(0, n, size):
+        rows = table[a:a + size].reshape(-1)
         m = rows.shape[0] // k
-        mp = _rows(m, step)
+        mp = -(-m // quantum) * quantum
         torch.index_select(xp, 0, rows, out=buf[: m * k])
         g = buf[: mp * k].view(mp, k * c)
         d = dy[a:a + m]
         if mp > m:  # zero-padded rows of dy: the stale gathered rows beyond m add nothing
             buf[m * k: mp * k].zero_()
             if dbuf is None:
-                dbuf = dy.new_zeros((step, dy.shape[1]))
+                dbuf = dy.new_zeros((size, dy.shape[1]))
             dbuf[:m] = d
             dbuf[m:mp].zero_()
             d = dbuf[:mp]
@@ -118,7 +110,7 @@ def _gather_t_mm(x: torch.Tensor, table: torch.Tensor, dy: torch.Tensor) -> torc
 
 
 def _rows_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x @ w through the same bounded row counts (no gather needed)."""
+    """x @ w through the same bounded row counts (:func:`chunk_plan`; no gather needed)."""
     return _gather_mm(x, torch.arange(x.shape[0]).view(-1, 1), w)
 
 
@@ -186,6 +178,45 @@ class _Up(torch.autograd.Function):
         return dx, dw, None, None
 
 
+class _SubmPairs(torch.autograd.Function):
+    """Submanifold convolution offset by offset: y = x W_centre + sum_k scatter(x[src_k] W_k).
+
+    Only existing neighbour pairs are multiplied (about half of the 3^D slots of a 2D level
+    hold a site), at the price of one gather and one conflict-free ``index_add_`` per offset;
+    x (N, C_in), w (K x C_in, C_out), pairs from :meth:`_Level.pairs` -> (N, C_out)."""
+
+    @staticmethod
+    def forward(ctx, x, w, pairs):
+        ctx.save_for_backward(x, w)
+        ctx.pairs = pairs
+        cin = x.shape[1]
+        wk = w.view(-1, cin, w.shape[1])
+        y = torch.mm(x, wk[wk.shape[0] // 2])
+        for k, rows, src in pairs:
+            y.index_add_(0, rows, torch.mm(x.index_select(0, src), wk[k]))
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        cin, cout = x.shape[1], w.shape[1]
+        wk = w.view(-1, cin, cout)
+        c = wk.shape[0] // 2
+        dy = dy.contiguous()
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dx = torch.mm(dy, wk[c].t()) if need_x else None
+        dw = torch.zeros_like(wk, dtype=torch.promote_types(w.dtype, torch.float32)) if need_w else None
+        if need_w:
+            dw[c] = torch.mm(x.t(), dy)
+        for k, rows, src in ctx.pairs:
+            g = dy.index_select(0, rows)
+            if need_x:
+                dx.index_add_(0, src, torch.mm(g, wk[k].t()))
+            if need_w:
+                dw[k] = torch.mm(x.index_select(0, src).t(), g)
+        return dx, (dw.view_as(w).to(w.dtype) if need_w else None), None
+
+
 def _kernel_matrix(weight: torch.Tensor, dtype) -> torch.Tensor:
     """spconv filter (C_out, *kernel, C_in) -> (K x C_in, C_out), offsets row-major."""
     cout, cin = weight.shape[0], weight.shape[-1]
@@ -203,13 +234,19 @@ def _norm_act(x: torch.Tensor, norm) -> torch.Tensor:
     return norm.act(norm.bn(x))
 
 
-def _block(x: torch.Tensor, block, nbr: torch.Tensor, dtype) -> torch.Tensor:
+def _subm(x: torch.Tensor, w: torch.Tensor, nbr: torch.Tensor, pairs) -> torch.Tensor:
+    """A submanifold convolution through the level's tables: offset by offset where ``pairs``
+    is given (float32, float64), else one gather-GEMM (:func:`~.sparse_infer.use_pairs`)."""
+    return _SubmPairs.apply(x, w, pairs) if pairs is not None else _Subm.apply(x, w, nbr)
+
+
+def _block(x: torch.Tensor, block, nbr: torch.Tensor, pairs, dtype) -> torch.Tensor:
     if block.shortcut is None:
         identity = x
     else:  # a linear map as a K = 1 convolution, through the same bounded GEMM shapes
         identity = _Subm.apply(x, block.shortcut.weight.t().to(dtype), torch.arange(x.shape[0]).view(-1, 1))
-    h = _Subm.apply(_norm_act(x, block.norm1), _kernel_matrix(block.conv1.weight, dtype), nbr)
-    h = _Subm.apply(_norm_act(h, block.norm2), _kernel_matrix(block.conv2.weight, dtype), nbr)
+    h = _subm(_norm_act(x, block.norm1), _kernel_matrix(block.conv1.weight, dtype), nbr, pairs)
+    h = _subm(_norm_act(h, block.norm2), _kernel_matrix(block.conv2.weight, dtype), nbr, pairs)
     return h + identity
 
 
@@ -230,26 +267,29 @@ def engine_forward(model, indices: torch.Tensor, features: torch.Tensor, spatial
         keys, order = torch.sort(_keys(coords, shape))
         level = _Level(coords[order], keys, shape)
         x = (features.index_select(0, order) * cfg.input_scale).to(dtype)
-        x = _Subm.apply(x, _kernel_matrix(model.stem.weight, dtype), level.neighbours())
+        pairs_of = (lambda lv: lv.pairs()) if use_pairs(dtype) else (lambda lv: None)
+        nbr = level.neighbours()
+        pairs = pairs_of(level)
+        x = _subm(x, _kernel_matrix(model.stem.weight, dtype), nbr, pairs)
         skips = []
         for i, blocks in enumerate(model.encoder):
-            nbr = level.neighbours()
             for block in blocks:
-                x = _block(x, block, nbr, dtype)
+                x = _block(x, block, nbr, pairs, dtype)
             if i < len(model.down):
                 coarse, parent, slot, children = _coarsen(level)
                 pick = parent * slots + slot
-                skips.append((x, level, children, pick))
+                skips.append((x, nbr, pairs, children, pick))
                 norm, conv = model.down[i]
                 x = _Down.apply(_norm_act(x, norm), _kernel_matrix(conv.weight, dtype), children, pick)
                 level = coarse
+                nbr = level.neighbours()
+                pairs = pairs_of(level)
         for (norm, inv), blocks in zip(model.up, model.decoder):
-            skip, level, children, pick = skips.pop()
+            skip, nbr, pairs, children, pick = skips.pop()
             x = _Up.apply(_norm_act(x, norm), _inverse_matrix(inv.weight, dtype), children, pick)
             x = torch.cat([x, skip], dim=1)
-            nbr = level.neighbours()
             for block in blocks:
-                x = _block(x, block, nbr, dtype)
+                x = _block(x, block, nbr, pairs, dtype)
         logits = model.head(model.head_act(model.head_norm(x.to(model.head.weight.dtype))))
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.shape[0])

@@ -92,8 +92,9 @@ def cpu_path(device, dim: int, precision: str = "fp32", grad: bool = True) -> st
     """The one place that decides how a sparse UResNet runs.
 
     - ``"spconv"``: CUDA tensors go to spconv's kernels (training and inference);
-    - ``"engine"``: the differentiable gather-GEMM engine (:mod:`.sparse_engine`): CPU
-      training in 2D (bf16 where the CPU has it: 2-3x the graph's images/s);
+    - ``"engine"``: the differentiable engine (:mod:`.sparse_engine`): CPU training in 2D
+      (float32: offset-by-offset pair lists, as fast as the graph; bf16 where the CPU has it:
+      one gather-GEMM per convolution);
     - ``"infer"``: the inference engine (:mod:`.sparse_infer`, BatchNorm folded): CPU
       inference in 2D, and in 3D for bf16;
     - ``"graph"``: spconv's rulebooks with this project's CPU kernels (:mod:`.sparse_cpu`):
