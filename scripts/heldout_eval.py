@@ -62,6 +62,7 @@ def main(argv=None) -> int:
                                    "default: inside --out)")
     p.add_argument("--min-score", action="append", default=[], metavar="CLASS=SCORE")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="as for `sparseseg predict`")
+    p.add_argument("--flips", action="store_true", help="average over the mirror images, as `sparseseg predict --flips`")
     p.add_argument("--no-class-bias", action="store_true", help="plain argmax (ignore the weights' class_bias)")
     p.add_argument("--label-rule", default="visible", choices=["visible", "legacy"],
                    help="truth label convention of the simulated events (README 'Classes')")
@@ -72,14 +73,15 @@ def main(argv=None) -> int:
     from sparseseg.infer import parse_min_scores
 
     tag = args.label_rule if args.hadronic else f"{args.label_rule}-no-hadronic"
-    out = Path(args.out or f"runs/heldout/{Path(args.weights).stem}-{args.precision}-{tag}")
+    flips = "-flips" if args.flips else ""
+    out = Path(args.out or f"runs/heldout/{Path(args.weights).stem}-{args.precision}{flips}-{tag}")
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(args.cache) if args.cache else out / f"{args.preset}-seed{args.seed}-n{args.n}-{tag}.h5"
     events, t_sim = simulated_file(cache, args.preset, args.n, args.seed, args.label_rule, hadronic=args.hadronic)
     if t_sim:
         print(f"simulated {args.n} {args.preset} interactions (seed {args.seed}) in {t_sim:.0f} s")
     predictor = Predictor(weights=args.weights, min_scores=parse_min_scores(args.min_score), precision=args.precision,
-                          use_class_bias=not args.no_class_bias)
+                          use_class_bias=not args.no_class_bias, flips=args.flips)
     r, acc = predict_and_score(events, out / "pred.h5", predictor)
     s = acc.summary()
     print(format_table(s))
@@ -87,6 +89,7 @@ def main(argv=None) -> int:
     write_text(out / "metrics.json", json.dumps({"summary": s, "timing": r, "weights": args.weights,
                                                   "preset": args.preset, "seed": args.seed, "n": args.n,
                                                   "min_scores": args.min_score, "precision": predictor.precision,
+                                                  "flips": args.flips,
                                                   "label_rule": args.label_rule, "hadronic": args.hadronic,
                                                   "class_bias": None if bias is None else bias.tolist()},
                                                  indent=2))
@@ -95,6 +98,8 @@ def main(argv=None) -> int:
     title = f"Held-out {args.preset}: {args.n} interactions, seed {args.seed}, label rule {args.label_rule}"
     if not args.hadronic:
         title += ", without hadronic interactions"
+    if args.flips:
+        title += ", scores averaged over mirror images (--flips)"
     if args.min_score:
         title += f", --min-score {' '.join(args.min_score)}"
     write_text(out / "card.md", card_markdown(s, title, r))

@@ -244,3 +244,32 @@ def test_class_bias_by_hand_and_choice():
     b, f1 = choose_class_bias(s, labels)
     assert b[1] == 0 and b[4] > np.log(0.4 / 0.3)
     assert (biased_argmax(s, b) == labels).all() and f1 == 1.0
+
+
+def _mirror(ev, axes):
+    from sparseseg import Event
+
+    coords = ev.coords.copy()
+    for a in axes:
+        coords[:, a] = ev.shape[a] - 1 - coords[:, a]
+    return Event(coords, ev.features, ev.shape, labels=ev.labels)
+
+
+def test_flips_average_the_mirror_images(files, tmp_path):
+    with EventFile(files["events"]) as f:
+        events = [f[i] for i in range(2)]
+    plain = Predictor(weights=files["weights"], precision="fp32")
+    flipped = Predictor(weights=files["weights"], precision="fp32", flips=True)
+    for ev in events:
+        # by hand: the normalised geometric mean of the four mirror images' scores
+        logs = [np.log(plain.scores([_mirror(ev, axes)])[0]) for axes in ((), (0,), (1,), (0, 1))]
+        mean = np.mean(logs, axis=0)
+        expect = np.exp(mean) / np.exp(mean).sum(axis=1, keepdims=True)
+        got = flipped.scores([ev])[0]
+        np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-6)
+        assert np.abs(got - plain.scores([ev])[0]).max() > 1e-3  # the average is not the plain forward
+        # and the averaged predictor is mirror symmetric: a mirrored event gets the same scores
+        np.testing.assert_allclose(flipped.scores([_mirror(ev, (1,))])[0], got, rtol=1e-4, atol=1e-6)
+    out = tmp_path / "pred.h5"
+    predict_file(files["events"], str(out), flipped, progress=False)
+    assert _read_all(str(out))["attrs"]["flips"] == "yes"
