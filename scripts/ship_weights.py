@@ -3,6 +3,7 @@
     python scripts/ship_weights.py runs/uresnet2d_ft/best.pt weights/uresnet2d.pt
     python scripts/ship_weights.py runs/uresnet3d/best.pt weights/uresnet3d.pt
     python scripts/ship_weights.py runs/uresnet2d/best.pt weights/uresnet2d.pt --class-bias 20
+    python scripts/ship_weights.py runs/uresnet2d/checkpoint.pt weights/uresnet2d.pt --average --class-bias 20
     python scripts/ship_weights.py runs/roi_mobilenetv2/best.pt weights/roi_mobilenetv2.pt
     python scripts/ship_weights.py runs/cvn/best.pt weights/cvn.pt --check-images 100
 
@@ -66,10 +67,18 @@ def main(argv=None) -> int:
     p.add_argument("--check-images", type=int, default=6, help="simulated images for the fp16 check")
     p.add_argument("--class-bias", type=int, default=0, metavar="N",
                    help="choose per-class score offsets on N tuning interactions (seed 4242); 0: none")
+    p.add_argument("--average", action="store_true",
+                   help="ship the weight average (train.ema) that checkpoint.pt holds instead of its last weights")
     args = p.parse_args(argv)
 
     ckpt = checkpoint.load(args.checkpoint)
-    shipped = checkpoint.slim(ckpt, fp16=True, source=str(args.checkpoint))
+    if args.average:
+        if "ema" not in ckpt:
+            print(f"--average: {args.checkpoint} holds no weight average (train.ema was off, or it is a best.pt)",
+                  file=sys.stderr)
+            return 1
+        ckpt = dict(ckpt, model=ckpt["ema"]["model"])
+    shipped = checkpoint.slim(ckpt, fp16=True, source=str(args.checkpoint) + (" (weight average)" if args.average else ""))
     from sparseseg.tasks import dense_task
 
     if dense_task(ckpt["config"]) is not None:
@@ -95,7 +104,12 @@ def main(argv=None) -> int:
         from sparseseg.infer import Predictor, choose_class_bias
         from sparseseg.simulate import simulate_interaction
 
-        tuner = Predictor(weights=str(args.checkpoint), use_class_bias=False)
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="ship-") as tmp:  # tuned on the weights as shipped (fp16)
+            checkpoint.save(Path(tmp) / "w.pt", shipped)
+            tuner = Predictor(weights=str(Path(tmp) / "w.pt"), use_class_bias=False)
+            tuner.model(dim)
         full_preset = "uboone" if dim == 2 else "pilarnet"
         scores, labels = [], []
         for k in range(args.class_bias):
