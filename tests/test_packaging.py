@@ -99,3 +99,9 @@ def test_wheel_runs_predict_with_default_weights_outside_the_tree(tmp_path):
     assert r.returncode == 0, r.stderr
     html = (work / "ev.html").read_text()
     assert "<script src=" not in html and len(html) > 3_000_000  # plotly.js embedded: opens offline
+
+
+def test_citation_and_changelog_name_the_package_version():
+    citation = (ROOT / "CITATION.cff").read_text()
+    assert f"\nversion: {__version__}\n" in citation
+    assert f"## {__version__} (" in (ROOT / "CHANGELOG.md").read_text()
