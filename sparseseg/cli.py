@@ -752,8 +752,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "`sparseseg bench` prints bf16's agreement with fp32")
     s.add_argument("--flips", action="store_true",
                    help="average the scores over the event's 2^D mirror images (4 forwards per 2D image, 8 per 3D "
-                        "volume): a little more accurate (+0.002 pixel accuracy on held-out uboone images), 2^D times "
-                        "slower; recorded in the output")
+                        "volume): a little more accurate (+0.002 pixel accuracy on held-out uboone images and pilarnet "
+                        "volumes), 2^D times slower; recorded in the output")
     s.add_argument("--shard", metavar="K/N", help="process only input files i with i %% N == K (batch arrays)")
     s.add_argument("--planes", metavar="NAMES",
                    help="segment and write only these planes, comma-separated names (e.g. Y); the other images are "

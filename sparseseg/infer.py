@@ -161,8 +161,8 @@ class Predictor:
     """Apply the per-class offsets stored with the weights (``class_bias``); False: plain argmax."""
     flips: bool = False
     """Average each sparse UResNet's scores over the 2^D mirror images of the input (every
-    subset of the axes reversed; the mean of log-softmax, renormalised): on 60 held-out uboone
-    images +0.002 pixel accuracy, for 2^D forwards per event. The network is not mirror
+    subset of the axes reversed; the mean of log-softmax, renormalised): +0.002 pixel accuracy
+    on held-out uboone images and pilarnet volumes, for 2^D forwards per event. The network is not mirror
     symmetric by construction, the physics is, so the average is a small ensemble for free."""
     model_name: str | None = None
     """None: whatever the weights hold; "patch-cnn" (or "uresnet") also checks the weights
