@@ -10,7 +10,6 @@ and settings, and a rerun with other ones is refused.
 from __future__ import annotations
 
 import itertools
-
 import os
 import time
 from dataclasses import dataclass, field
@@ -162,8 +161,9 @@ class Predictor:
     flips: bool = False
     """Average each sparse UResNet's scores over the 2^D mirror images of the input (every
     subset of the axes reversed; the mean of log-softmax, renormalised): +0.002 pixel accuracy
-    on held-out uboone images and pilarnet volumes, for 2^D forwards per event. The network is not mirror
-    symmetric by construction, the physics is, so the average is a small ensemble for free."""
+    on held-out uboone images and pilarnet volumes, for 2^D forwards per event. The network is
+    not mirror symmetric by construction, the physics is, so the average is a small ensemble
+    without other weights."""
     model_name: str | None = None
     """None: whatever the weights hold; "patch-cnn" (or "uresnet") also checks the weights
     hold that model. No patch-cnn weights are shipped: patch-cnn needs ``weights``."""

@@ -234,19 +234,21 @@ def _norm_act(x: torch.Tensor, norm) -> torch.Tensor:
     return norm.act(norm.bn(x))
 
 
-def _subm(x: torch.Tensor, w: torch.Tensor, nbr: torch.Tensor, pairs) -> torch.Tensor:
-    """A submanifold convolution through the level's tables: offset by offset where ``pairs``
-    is given (float32, float64), else one gather-GEMM (:func:`~.sparse_infer.use_pairs`)."""
-    return _SubmPairs.apply(x, w, pairs) if pairs is not None else _Subm.apply(x, w, nbr)
+def _subm(x: torch.Tensor, w: torch.Tensor, level: _Level) -> torch.Tensor:
+    """A submanifold convolution on ``level``: offset by offset over its pair lists, or one
+    gather-GEMM over its neighbour table, as :func:`~.sparse_infer.use_pairs` says for x's dtype."""
+    if use_pairs(x.dtype):
+        return _SubmPairs.apply(x, w, level.pairs())
+    return _Subm.apply(x, w, level.neighbours())
 
 
-def _block(x: torch.Tensor, block, nbr: torch.Tensor, pairs, dtype) -> torch.Tensor:
+def _block(x: torch.Tensor, block, level: _Level, dtype) -> torch.Tensor:
     if block.shortcut is None:
         identity = x
     else:  # a linear map as a K = 1 convolution, through the same bounded GEMM shapes
         identity = _Subm.apply(x, block.shortcut.weight.t().to(dtype), torch.arange(x.shape[0]).view(-1, 1))
-    h = _subm(_norm_act(x, block.norm1), _kernel_matrix(block.conv1.weight, dtype), nbr, pairs)
-    h = _subm(_norm_act(h, block.norm2), _kernel_matrix(block.conv2.weight, dtype), nbr, pairs)
+    h = _subm(_norm_act(x, block.norm1), _kernel_matrix(block.conv1.weight, dtype), level)
+    h = _subm(_norm_act(h, block.norm2), _kernel_matrix(block.conv2.weight, dtype), level)
     return h + identity
 
 
@@ -267,29 +269,24 @@ def engine_forward(model, indices: torch.Tensor, features: torch.Tensor, spatial
         keys, order = torch.sort(_keys(coords, shape))
         level = _Level(coords[order], keys, shape)
         x = (features.index_select(0, order) * cfg.input_scale).to(dtype)
-        pairs_of = (lambda lv: lv.pairs()) if use_pairs(dtype) else (lambda lv: None)
-        nbr = level.neighbours()
-        pairs = pairs_of(level)
-        x = _subm(x, _kernel_matrix(model.stem.weight, dtype), nbr, pairs)
+        x = _subm(x, _kernel_matrix(model.stem.weight, dtype), level)
         skips = []
         for i, blocks in enumerate(model.encoder):
             for block in blocks:
-                x = _block(x, block, nbr, pairs, dtype)
+                x = _block(x, block, level, dtype)
             if i < len(model.down):
                 coarse, parent, slot, children = _coarsen(level)
                 pick = parent * slots + slot
-                skips.append((x, nbr, pairs, children, pick))
+                skips.append((x, level, children, pick))
                 norm, conv = model.down[i]
                 x = _Down.apply(_norm_act(x, norm), _kernel_matrix(conv.weight, dtype), children, pick)
                 level = coarse
-                nbr = level.neighbours()
-                pairs = pairs_of(level)
         for (norm, inv), blocks in zip(model.up, model.decoder):
-            skip, nbr, pairs, children, pick = skips.pop()
+            skip, level, children, pick = skips.pop()
             x = _Up.apply(_norm_act(x, norm), _inverse_matrix(inv.weight, dtype), children, pick)
             x = torch.cat([x, skip], dim=1)
             for block in blocks:
-                x = _block(x, block, nbr, pairs, dtype)
+                x = _block(x, block, level, dtype)
         logits = model.head(model.head_act(model.head_norm(x.to(model.head.weight.dtype))))
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.shape[0])
