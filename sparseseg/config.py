@@ -249,6 +249,11 @@ def load(path: str | Path) -> dict:
         user = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ValueError(f"config {path}: not valid YAML ({err})") from None
+    if user is None:
+        # an empty file would otherwise train the defaults (a truncated or mis-written config
+        # must not start a run that looks like the intended one)
+        raise ValueError(f"config {path}: the file is empty (write at least one section, e.g. "
+                         "'model: {name: uresnet}'; configs/*.yaml are complete examples)")
     try:
         return resolve(user)
     except ValueError as err:

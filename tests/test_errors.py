@@ -377,3 +377,13 @@ def test_resume_records_a_simulator_version_change(tmp_path, capsys):
     log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["resume_changed"] for r in log if "resume_changed" in r] == [
         {"simulator_version": ["unrecorded", SIMULATOR_VERSION], "train.max_steps": [1, 2]}]
+
+
+@pytest.mark.parametrize("text", ["", "\n# only a comment\n"])
+def test_empty_config_file_is_an_error_not_the_defaults(tmp_path, capsys, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    line = error_line(["train", "--config", str(path), "--out", str(tmp_path / "run"), "-q"], capsys)
+    assert line == (f"sparseseg train: error: config {path}: the file is empty (write at least one section, "
+                    "e.g. 'model: {name: uresnet}'; configs/*.yaml are complete examples)")
+    assert not (tmp_path / "run").exists()
