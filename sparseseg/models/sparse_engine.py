@@ -183,38 +183,36 @@ class _SubmPairs(torch.autograd.Function):
 
     Only existing neighbour pairs are multiplied (about half of the 3^D slots of a 2D level
     hold a site), at the price of one gather and one conflict-free ``index_add_`` per offset;
-    x (N, C_in), w (K x C_in, C_out), pairs from :meth:`_Level.pairs` -> (N, C_out)."""
+    x (N, C_in), w the filter in its own layout (C_out, K, C_in), pairs from
+    :meth:`_Level.pairs` -> (N, C_out). Each offset's block w[:, k] is multiplied as a strided
+    view, so the filter is never copied and its gradient comes back in the same layout."""
 
     @staticmethod
     def forward(ctx, x, w, pairs):
         ctx.save_for_backward(x, w)
         ctx.pairs = pairs
-        cin = x.shape[1]
-        wk = w.view(-1, cin, w.shape[1])
-        y = torch.mm(x, wk[wk.shape[0] // 2])
+        y = torch.mm(x, w[:, w.shape[1] // 2].t())
         for k, rows, src in pairs:
-            y.index_add_(0, rows, torch.mm(x.index_select(0, src), wk[k]))
+            y.index_add_(0, rows, torch.mm(x.index_select(0, src), w[:, k].t()))
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, w = ctx.saved_tensors
-        cin, cout = x.shape[1], w.shape[1]
-        wk = w.view(-1, cin, cout)
-        c = wk.shape[0] // 2
+        c = w.shape[1] // 2
         dy = dy.contiguous()
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dx = torch.mm(dy, wk[c].t()) if need_x else None
-        dw = torch.zeros_like(wk, dtype=torch.promote_types(w.dtype, torch.float32)) if need_w else None
+        dx = torch.mm(dy, w[:, c]) if need_x else None
+        dw = torch.zeros_like(w) if need_w else None
         if need_w:
-            dw[c] = torch.mm(x.t(), dy)
+            dw[:, c] = torch.mm(dy.t(), x)
         for k, rows, src in ctx.pairs:
             g = dy.index_select(0, rows)
             if need_x:
-                dx.index_add_(0, src, torch.mm(g, wk[k].t()))
+                dx.index_add_(0, src, torch.mm(g, w[:, k]))
             if need_w:
-                dw[k] = torch.mm(x.index_select(0, src).t(), g)
-        return dx, (dw.view_as(w).to(w.dtype) if need_w else None), None
+                dw[:, k] = torch.mm(g.t(), x.index_select(0, src))
+        return dx, dw, None
 
 
 def _kernel_matrix(weight: torch.Tensor, dtype) -> torch.Tensor:
@@ -230,25 +228,34 @@ def _inverse_matrix(weight: torch.Tensor, dtype) -> torch.Tensor:
 
 
 def _norm_act(x: torch.Tensor, norm) -> torch.Tensor:
-    """BatchNorm (train or eval mode, float32 statistics) + the block's activation."""
-    return norm.act(norm.bn(x))
+    """BatchNorm (train or eval mode, float32 statistics) + the block's activation, applied in
+    place: BatchNorm's backward reads its input, not its output, and a (leaky) ReLU's backward
+    can read its own output, so one tensor per convolution is kept for backward instead of two."""
+    y = norm.bn(x)
+    if isinstance(norm.act, torch.nn.LeakyReLU):
+        return torch.nn.functional.leaky_relu(y, norm.act.negative_slope, inplace=True)
+    return torch.relu_(y)
 
 
-def _subm(x: torch.Tensor, w: torch.Tensor, level: _Level) -> torch.Tensor:
-    """A submanifold convolution on ``level``: offset by offset over its pair lists, or one
-    gather-GEMM over its neighbour table, as :func:`~.sparse_infer.use_pairs` says for x's dtype."""
+def _subm(x: torch.Tensor, weight: torch.Tensor, level: _Level) -> torch.Tensor:
+    """A submanifold convolution with spconv filter ``weight`` (C_out, *kernel, C_in) on
+    ``level``: offset by offset over its pair lists, or one gather-GEMM over its neighbour
+    table, as :func:`~.sparse_infer.use_pairs` says for x's dtype."""
     if use_pairs(x.dtype):
-        return _SubmPairs.apply(x, w, level.pairs())
-    return _Subm.apply(x, w, level.neighbours())
+        cout, cin = weight.shape[0], weight.shape[-1]
+        return _SubmPairs.apply(x, weight.reshape(cout, -1, cin).to(x.dtype), level.pairs())
+    return _Subm.apply(x, _kernel_matrix(weight, x.dtype), level.neighbours())
 
 
 def _block(x: torch.Tensor, block, level: _Level, dtype) -> torch.Tensor:
     if block.shortcut is None:
         identity = x
+    elif use_pairs(dtype):
+        identity = torch.mm(x, block.shortcut.weight.t().to(dtype))
     else:  # a linear map as a K = 1 convolution, through the same bounded GEMM shapes
         identity = _Subm.apply(x, block.shortcut.weight.t().to(dtype), torch.arange(x.shape[0]).view(-1, 1))
-    h = _subm(_norm_act(x, block.norm1), _kernel_matrix(block.conv1.weight, dtype), level)
-    h = _subm(_norm_act(h, block.norm2), _kernel_matrix(block.conv2.weight, dtype), level)
+    h = _subm(_norm_act(x, block.norm1), block.conv1.weight, level)
+    h = _subm(_norm_act(h, block.norm2), block.conv2.weight, level)
     return h + identity
 
 
@@ -269,7 +276,7 @@ def engine_forward(model, indices: torch.Tensor, features: torch.Tensor, spatial
         keys, order = torch.sort(_keys(coords, shape))
         level = _Level(coords[order], keys, shape)
         x = (features.index_select(0, order) * cfg.input_scale).to(dtype)
-        x = _subm(x, _kernel_matrix(model.stem.weight, dtype), level)
+        x = _subm(x, model.stem.weight, level)
         skips = []
         for i, blocks in enumerate(model.encoder):
             for block in blocks:
