@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .memory import peak_rss_mb, reset_peak_rss
+from .memory import peak_rss_mb, reset_peak_rss, tensor_peak_mb
 from .models.sparse_infer import cpu_has_bf16
 
 SEED = 20261123
@@ -220,6 +220,14 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     baseline = reset_peak_rss()
     parts: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}
     pixels = []
+    def step(events):
+        _, target, _ = task.prepare((events, pixel_weights(events, wcfg)), "cpu")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(events)
+        opt.zero_grad(set_to_none=True)
+        task.loss(logits.float(), target).backward()
+        opt.step()
+
     for i, events in enumerate(batches):
         t0 = time.perf_counter()
         # the training step's parts, timed apart (sparseseg.tasks.accumulated_step runs them as one)
@@ -238,13 +246,17 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
             for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 parts[key].append(dt)
             pixels.append(sum(len(e) for e in events))
+    rss = peak_rss_mb() - baseline
+    # what the step's tensors need at their peak, whatever the C allocator keeps (one more step
+    # on the largest batch, under the profiler, after the timings and the RSS were read)
+    tensors = tensor_peak_mb(lambda: step(max(batches, key=lambda evs: sum(len(e) for e in evs))))
     step_s = {k: float(np.mean(v)) for k, v in parts.items()}
     total = sum(step_s.values())
     batch = len(batches[0])
     return {"variant": variant, "precision": precision, "threads": torch.get_num_threads(), "batch": batch,
             "steps": len(parts["data"]), "active_pixels_per_batch": float(np.mean(pixels)),
             "time_step_s": total, **{f"time_{k}_s": v for k, v in step_s.items()},
-            "images_per_s": batch / total, "peak_rss_mb": peak_rss_mb() - baseline,
+            "images_per_s": batch / total, "peak_rss_mb": rss, "peak_tensor_mb": tensors,
             "final_loss": float(loss.detach())}
 
 
@@ -277,21 +289,27 @@ def run_train(threads: int = 2, steps: int = 10, batch: int = 8, progress: bool 
 
 def format_train(res: dict[str, Any]) -> str:
     """Markdown table of :func:`run_train`'s rows."""
-    lines = ["| training variant | precision | images/s | step (ms) | data | forward | backward | optimizer | peak RSS (MB) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| training variant | precision | images/s | step (ms) | data | forward | backward | optimizer | peak RSS (MB) "
+             "| peak tensors (MB) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for v in TRAIN_VARIANTS:
-        r = res.get(v, {})
+        if v not in res:
+            continue
+        r = res[v]
         if "error" in r:
-            lines.append(f"| {v} | | error: {r['error']} | | | | | | |")
+            lines.append(f"| {v} | | error: {r['error']} | | | | | | | |")
             continue
         ms = lambda k: f"{1000 * r[k]:.0f}"  # noqa: E731
         lines.append(f"| {v} | {r['precision']} | {r['images_per_s']:.1f} | {ms('time_step_s')} | {ms('time_data_s')} | "
-                     f"{ms('time_forward_s')} | {ms('time_backward_s')} | {ms('time_optimizer_s')} | {r['peak_rss_mb']:.0f} |")
+                     f"{ms('time_forward_s')} | {ms('time_backward_s')} | {ms('time_optimizer_s')} | {r['peak_rss_mb']:.0f} "
+                     f"| {r['peak_tensor_mb']:.0f} |")
     first = next((res[v] for v in TRAIN_VARIANTS if "batch" in res.get(v, {})), None)
     if first:
         lines.append("")
         lines.append(f"Batch {first['batch']} x 512 x 512 crop512 views ({first['active_pixels_per_batch']:.0f} active "
                      f"pixels), {first['threads']} threads, {first['steps']} timed steps after 2 warm-up steps.")
+    lines.append("Peak RSS: the process's resident memory above its start (includes what the C allocator "
+                 "keeps after frees); peak tensors: bytes held by tensors at the step's peak (one profiled step).")
     if "speedup" in res:
         lines.append(f"Engine over graph: x{res['speedup']:.2f} (default precision), "
                      f"x{res.get('speedup_fp32', float('nan')):.2f} (fp32).")

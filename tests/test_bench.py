@@ -104,3 +104,32 @@ def test_markdown_report():
     assert "Dense / sparse fp32 on the same Y plane: time x400.0, memory x40.0." in text
     assert "reaches 50% of the fp32 peak" in text
     assert "| 3-plane uboone event, median time (s) | 0.25 | <= 0.1 | no |" in text
+
+
+def test_tensor_peak_is_the_live_bytes_not_the_allocations():
+    from sparseseg.memory import tensor_peak_mb
+
+    def work():
+        a = torch.ones(1 << 20)  # 4 MiB
+        b = torch.ones(1 << 19)  # 2 MiB: 6 MiB held
+        del a, b
+        c = torch.ones(1 << 20)  # 4 MiB after both were freed: the peak stays 6
+        return float(c[0])
+
+    assert tensor_peak_mb(work) == pytest.approx(6.0, abs=0.01)
+
+
+def test_training_worker_row_on_a_tiny_batch(tmp_path):
+    import pickle
+
+    from conftest import random_event
+
+    path = tmp_path / "b.pkl"
+    with open(path, "wb") as fh:
+        pickle.dump([[random_event((40, 44), 120, seed=s) for s in (i, i + 10)] for i in range(3)], fh)
+    row = bench.train_worker({"train": "engine_fp32", "threads": 1, "input_file": str(path), "warmup": 1})
+    assert (row["variant"], row["precision"], row["batch"], row["steps"]) == ("engine_fp32", "fp32", 2, 2)
+    assert 0 < row["peak_tensor_mb"] < 200 and row["images_per_s"] > 0
+    text = bench.format_train({"engine_fp32": row})
+    assert text.splitlines()[0].endswith("| peak RSS (MB) | peak tensors (MB) |")
+    assert f"| {row['peak_tensor_mb']:.0f} |" in text.splitlines()[2]

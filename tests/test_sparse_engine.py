@@ -188,3 +188,19 @@ def test_offset_by_offset_equals_gather_gemm(monkeypatch, dim, shape):
     assert max(_rel(g1[n], g0[n]) for n in g0) < 1e-12
     assert float((f1 - f0).abs().max()) < 1e-5 * float(f0.abs().max())
     assert c1 == c0  # both count the useful multiply-adds only
+
+
+def test_eval_mode_gradients_use_the_running_statistics():
+    """BatchNorm in eval mode (frozen statistics): the fused BatchNorm-activation-convolution
+    step gives the graph's gradients, and neither path moves the running statistics."""
+    m = _model(2, depth=3, leak=0.1).eval()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm1d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+    before = copy.deepcopy(m.state_dict())
+    (ref, gref), (out, gout) = _both(m, [_clustered_event((40, 44), 150, s) for s in (5, 6)])
+    assert _rel(out, ref) < 1e-10
+    assert max(_rel(gout[n], gref[n]) for n in gref) < 1e-10
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k

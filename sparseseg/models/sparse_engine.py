@@ -17,7 +17,11 @@ gather of rows followed by one GEMM, forward and backward, with no scatter:
 
 That is the bfloat16 kernel. In float32 (and float64) a submanifold convolution runs offset by
 offset instead (:class:`_SubmPairs`, :func:`~.sparse_infer.use_pairs` says why): only the
-existing neighbour pairs are multiplied, at the price of one ``index_add_`` per offset.
+existing neighbour pairs are multiplied, at the price of one ``index_add_`` per offset. There,
+each block's BatchNorm -> activation -> convolution is one autograd step
+(:class:`_NormActSubmPairs`) that keeps only its input: the activated features are computed
+again in backward (a few element-wise passes) instead of being stored, which takes a third off
+the tensors a training step holds at its peak.
 
 The gathered matrices are not kept for backward (they are 3^D times the activations);
 backward gathers again, which costs less than the memory would.
@@ -178,41 +182,103 @@ class _Up(torch.autograd.Function):
         return dx, dw, None, None
 
 
+def _buffers(pairs, *widths: int, like: torch.Tensor) -> list[torch.Tensor]:
+    """One scratch matrix per width, as tall as the longest pair list: every offset's gather
+    and product are written into views of these (``out=``), so a convolution allocates a few
+    matrices instead of two or three per offset."""
+    rows = max((r.shape[0] for _, r, _ in pairs), default=0)
+    return [like.new_empty((rows, w)) for w in widths]
+
+
+def _pairs_forward(x: torch.Tensor, w: torch.Tensor, pairs) -> torch.Tensor:
+    """y = x W_centre + sum_k scatter(x[src_k] W_k); w (C_out, K, C_in), each offset's block
+    w[:, k] multiplied as a strided view (the filter is never copied)."""
+    y = torch.mm(x, w[:, w.shape[1] // 2].t())
+    xs, prod = _buffers(pairs, x.shape[1], w.shape[0], like=x)
+    for k, rows, src in pairs:
+        n = rows.shape[0]
+        torch.index_select(x, 0, src, out=xs[:n])
+        y.index_add_(0, rows, torch.mm(xs[:n], w[:, k].t(), out=prod[:n]))
+    return y
+
+
+def _pairs_backward(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, pairs, need_x: bool, need_w: bool):
+    """(dx, dw) of :func:`_pairs_forward`, over the same pair lists read the other way."""
+    c = w.shape[1] // 2
+    dy = dy.contiguous()
+    dx = torch.mm(dy, w[:, c]) if need_x else None
+    dw = torch.zeros_like(w) if need_w else None
+    if need_w:
+        dw[:, c] = torch.mm(dy.t(), x)
+    gs, xs, prod = _buffers(pairs, dy.shape[1], x.shape[1], x.shape[1], like=dy)
+    for k, rows, src in pairs:
+        n = rows.shape[0]
+        g = torch.index_select(dy, 0, rows, out=gs[:n])
+        if need_x:
+            dx.index_add_(0, src, torch.mm(g, w[:, k], out=prod[:n]))
+        if need_w:
+            torch.index_select(x, 0, src, out=xs[:n])
+            torch.mm(g.t(), xs[:n], out=dw[:, k])
+    return dx, dw
+
+
 class _SubmPairs(torch.autograd.Function):
     """Submanifold convolution offset by offset: y = x W_centre + sum_k scatter(x[src_k] W_k).
 
     Only existing neighbour pairs are multiplied (about half of the 3^D slots of a 2D level
     hold a site), at the price of one gather and one conflict-free ``index_add_`` per offset;
     x (N, C_in), w the filter in its own layout (C_out, K, C_in), pairs from
-    :meth:`_Level.pairs` -> (N, C_out). Each offset's block w[:, k] is multiplied as a strided
-    view, so the filter is never copied and its gradient comes back in the same layout."""
+    :meth:`_Level.pairs` -> (N, C_out)."""
 
     @staticmethod
     def forward(ctx, x, w, pairs):
         ctx.save_for_backward(x, w)
         ctx.pairs = pairs
-        y = torch.mm(x, w[:, w.shape[1] // 2].t())
-        for k, rows, src in pairs:
-            y.index_add_(0, rows, torch.mm(x.index_select(0, src), w[:, k].t()))
-        return y
+        return _pairs_forward(x, w, pairs)
 
     @staticmethod
     def backward(ctx, dy):
         x, w = ctx.saved_tensors
-        c = w.shape[1] // 2
-        dy = dy.contiguous()
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dx = torch.mm(dy, w[:, c]) if need_x else None
-        dw = torch.zeros_like(w) if need_w else None
-        if need_w:
-            dw[:, c] = torch.mm(dy.t(), x)
-        for k, rows, src in ctx.pairs:
-            g = dy.index_select(0, rows)
-            if need_x:
-                dx.index_add_(0, src, torch.mm(g, w[:, k]))
-            if need_w:
-                dw[:, k] = torch.mm(g.t(), x.index_select(0, src))
+        dx, dw = _pairs_backward(dy, x, w, ctx.pairs, *ctx.needs_input_grad[:2])
         return dx, dw, None
+
+
+class _NormActSubmPairs(torch.autograd.Function):
+    """BatchNorm -> (leaky) ReLU -> :class:`_SubmPairs` as one step that keeps only its input
+    for backward: the normalised, activated features (as large as the input) are computed
+    again in backward from the input and the batch statistics, instead of being stored.
+    Running statistics are updated once, in forward, as ``nn.BatchNorm1d`` does."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, w, bn, slope, pairs):
+        momentum = 0.0
+        if bn.training and bn.track_running_stats:
+            bn.num_batches_tracked.add_(1)
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        training = bn.training or not bn.track_running_stats
+        h, mean, rstd = torch.ops.aten.native_batch_norm(x, gamma, beta, bn.running_mean, bn.running_var,
+                                                         training, momentum, bn.eps)
+        if not training:  # normalised by the running statistics, which backward must see as they are now
+            mean, rstd = bn.running_mean.clone(), (bn.running_var + bn.eps).rsqrt()
+        torch.nn.functional.leaky_relu(h, slope, inplace=True)
+        ctx.save_for_backward(x, gamma, beta, w, mean, rstd)
+        ctx.pairs, ctx.training, ctx.slope, ctx.eps = pairs, training, slope, bn.eps
+        return _pairs_forward(x=h, w=w, pairs=pairs)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, gamma, beta, w, mean, rstd = ctx.saved_tensors
+        need_x, need_gamma, need_beta, need_w = ctx.needs_input_grad[:4]
+        pre = torch.addcmul(beta, x - mean, rstd * gamma)  # the forward's BatchNorm output again
+        dh, dw = _pairs_backward(dy, torch.nn.functional.leaky_relu(pre, ctx.slope), w, ctx.pairs, True, need_w)
+        dpre = torch.ops.aten.leaky_relu_backward(dh, pre, ctx.slope, False)
+        del pre, dh
+        dx, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
+            dpre, x, gamma, None, None, mean, rstd, True, ctx.eps, [need_x, need_gamma, need_beta]) \
+            if ctx.training else (dpre * (gamma * rstd) if need_x else None,
+                                  (dpre * ((x - mean) * rstd)).sum(0) if need_gamma else None,
+                                  dpre.sum(0) if need_beta else None)
+        return dx, dgamma, dbeta, dw, None, None, None
 
 
 def _kernel_matrix(weight: torch.Tensor, dtype) -> torch.Tensor:
@@ -242,9 +308,23 @@ def _subm(x: torch.Tensor, weight: torch.Tensor, level: _Level) -> torch.Tensor:
     ``level``: offset by offset over its pair lists, or one gather-GEMM over its neighbour
     table, as :func:`~.sparse_infer.use_pairs` says for x's dtype."""
     if use_pairs(x.dtype):
-        cout, cin = weight.shape[0], weight.shape[-1]
-        return _SubmPairs.apply(x, weight.reshape(cout, -1, cin).to(x.dtype), level.pairs())
+        return _SubmPairs.apply(x, _filter(weight, x.dtype), level.pairs())
     return _Subm.apply(x, _kernel_matrix(weight, x.dtype), level.neighbours())
+
+
+def _filter(weight: torch.Tensor, dtype) -> torch.Tensor:
+    """spconv filter (C_out, *kernel, C_in) -> (C_out, K, C_in), a view where dtype matches."""
+    return weight.reshape(weight.shape[0], -1, weight.shape[-1]).to(dtype)
+
+
+def _norm_act_subm(x: torch.Tensor, norm, weight: torch.Tensor, level: _Level) -> torch.Tensor:
+    """``_subm(_norm_act(x, norm), weight, level)``; on the offset-by-offset path as one step
+    that keeps only x for backward (:class:`_NormActSubmPairs`)."""
+    if not use_pairs(x.dtype):
+        return _subm(_norm_act(x, norm), weight, level)
+    slope = norm.act.negative_slope if isinstance(norm.act, torch.nn.LeakyReLU) else 0.0
+    return _NormActSubmPairs.apply(x, norm.bn.weight.to(x.dtype), norm.bn.bias.to(x.dtype), _filter(weight, x.dtype),
+                                   norm.bn, slope, level.pairs())
 
 
 def _block(x: torch.Tensor, block, level: _Level, dtype) -> torch.Tensor:
@@ -254,8 +334,8 @@ def _block(x: torch.Tensor, block, level: _Level, dtype) -> torch.Tensor:
         identity = torch.mm(x, block.shortcut.weight.t().to(dtype))
     else:  # a linear map as a K = 1 convolution, through the same bounded GEMM shapes
         identity = _Subm.apply(x, block.shortcut.weight.t().to(dtype), torch.arange(x.shape[0]).view(-1, 1))
-    h = _subm(_norm_act(x, block.norm1), block.conv1.weight, level)
-    h = _subm(_norm_act(h, block.norm2), block.conv2.weight, level)
+    h = _norm_act_subm(x, block.norm1, block.conv1.weight, level)
+    h = _norm_act_subm(h, block.norm2, block.conv2.weight, level)
     return h + identity
 
 
