@@ -57,3 +57,18 @@ def normalize(indices: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         rows = batch == b
         factor[rows] = NOMINAL_MIP / mip_scale(features[rows, 0].detach().cpu())
     return features * factor[:, None]
+
+
+def normalize_views(views: torch.Tensor) -> torch.Tensor:
+    """Dense views (B, V, H, W) of ADC (0 where no pixel passed the threshold), each view
+    multiplied by NOMINAL_MIP / mip_scale(its non-zero pixels): what a model with
+    ``input_norm: mip`` sees (the CVN). Returns a new tensor of the same dtype."""
+    views = torch.as_tensor(views)
+    if views.dim() != 4:
+        raise ValueError(f"normalize_views: expected (B, V, H, W) views, got shape {list(views.shape)}")
+    factor = torch.ones(views.shape[:2], dtype=views.dtype)
+    for b in range(views.shape[0]):
+        for v in range(views.shape[1]):
+            image = views[b, v]
+            factor[b, v] = NOMINAL_MIP / mip_scale(image[image != 0].detach().cpu())
+    return views * factor.to(views.device)[:, :, None, None]

@@ -555,8 +555,9 @@ def cmd_export(args) -> None:
         print("note: the dense twin equals the sparse model where every pixel is active; on sparse images it also "
               "convolves the empty pixels, so its scores differ")
     if r.get("input_norm") == "mip":
-        print("note: input_norm mip: feed MIP-calibrated features (sparseseg.models.dense_uresnet.densify with "
-              "normalize=True); the exported network does not calibrate")
+        how = ("sparseseg.calibration.normalize_views" if r["model"] == "cvn"
+               else "sparseseg.models.dense_uresnet.densify with normalize=True")
+        print(f"note: input_norm mip: feed MIP-calibrated inputs ({how}); the exported network does not calibrate")
 
 
 EXPORT_FORMATS = {".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript", ".jit": "torchscript",

@@ -67,6 +67,46 @@ def test_input_norm_makes_the_model_gain_free(dim):
         build_model("uresnet", dim=2, input_norm="adc")
 
 
+def test_normalize_views_per_view_and_the_cvn_input():
+    from sparseseg.calibration import normalize_views
+    from sparseseg.models import build_model
+    from sparseseg.models.cvn import model_input
+    from sparseseg.tasks import forward_all
+    from sparseseg.tasks.cvn import CVNTask, cvn_probabilities
+
+    rng = np.random.default_rng(0)
+    views = np.zeros((2, 3, 40, 40), np.float32)
+    mask = rng.random((2, 3, 40, 40)) < 0.3
+    views[mask] = 29.0  # every pixel at 29 ADC: half the nominal MIP scale
+    views[1, 2][mask[1, 2]] = 116.0  # one view at twice it
+    views[1, 1] = 0.0
+    views[1, 1, 0, :5] = 300.0  # too few pixels to calibrate: left as it is
+    out = normalize_views(torch.from_numpy(views))
+    expect = torch.from_numpy(np.where(mask, NOMINAL_MIP, 0.0).astype(np.float32))
+    expect[1, 1] = torch.from_numpy(views[1, 1])
+    assert torch.equal(out, expect)
+    with pytest.raises(ValueError, match=r"normalize_views: expected \(B, V, H, W\) views, got shape \[3, 40, 40\]"):
+        normalize_views(torch.zeros(3, 40, 40))
+
+    # a CVN with input_norm mip answers the same whatever the gain of each view
+    torch.manual_seed(0)
+    m = build_model("cvn", widths=[4, 8], blocks=[1, 1], input_norm="mip").eval()
+    gains = np.array([0.6, 1.0, 1.8], np.float32)[None, :, None, None]
+    assert np.allclose(cvn_probabilities(m, views), cvn_probabilities(m, views * gains), atol=1e-6)
+    logits, _ = forward_all(m, views, 2)  # the network alone takes what it is given
+    assert np.allclose(cvn_probabilities(m, views), torch.softmax(m(model_input(m, views)), 1).detach().numpy(),
+                       atol=1e-6)
+    assert not np.allclose(torch.softmax(logits, 1).numpy(), cvn_probabilities(m, views), atol=1e-4)
+    # training feeds the same calibrated views
+    from sparseseg.config import resolve
+
+    cfg = resolve({"model": {"name": "cvn", "input_norm": "mip"}})
+    x, y, _ = CVNTask(cfg).prepare((views, np.zeros(2, np.int64)), "cpu")
+    assert torch.equal(x, out)
+    with pytest.raises(ValueError, match="cvn: input_norm must be one of none, mip, got 'adc'"):
+        build_model("cvn", input_norm="adc")
+
+
 def test_augmentation_config_and_draws():
     from sparseseg.config import AUGMENT_DEFAULTS, resolve
     from sparseseg.tasks.segment import draw_conditions

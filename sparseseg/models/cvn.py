@@ -21,6 +21,7 @@ from torch import nn
 from ..classes import CVN_CLASSES
 from ..config import config_from, require_positive
 from .roi_nets import SqueezeExcite
+from .uresnet_config import INPUT_NORMS
 
 __all__ = [
     "CVN_CLASSES",
@@ -28,6 +29,7 @@ __all__ = [
     "SEResBlock",
     "CVN",
     "build_cvn",
+    "model_input",
 ]
 
 
@@ -50,6 +52,11 @@ class CVNConfig:
         Squeeze-and-excitation reduction ratio.
     input_scale : float
         Inputs (ADC) are multiplied by this first.
+    input_norm : {"none", "mip"}
+        "mip": the network is fed views calibrated by their own MIP scale
+        (:func:`sparseseg.calibration.normalize_views`, applied by :func:`model_input` before
+        ``forward``: the network itself, and what is exported of it, takes calibrated views),
+        so that a detector with another gain is seen on the simulator's nominal scale.
     """
 
     views: int = 3
@@ -58,8 +65,11 @@ class CVNConfig:
     blocks: Sequence[int] = (2, 2, 2, 2)
     se_reduction: int = 8
     input_scale: float = 0.01
+    input_norm: str = "none"
 
     def __post_init__(self) -> None:
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"cvn: input_norm must be one of {', '.join(INPUT_NORMS)}, got {self.input_norm!r}")
         self.widths = tuple(int(w) for w in self.widths)
         self.blocks = tuple(int(b) for b in self.blocks)
         if len(self.widths) != len(self.blocks) or len(self.widths) < 1:
@@ -144,3 +154,15 @@ class CVN(nn.Module):
 def build_cvn(**kwargs) -> CVN:
     """Builder used by the model table: keyword arguments are :class:`CVNConfig` fields."""
     return CVN(config_from(CVNConfig, "cvn", kwargs))
+
+
+def model_input(model: CVN, views) -> torch.Tensor:
+    """What ``model`` is fed for dense views (B, V, H, W) of ADC: the views as a tensor,
+    calibrated per view where the model's ``input_norm`` is "mip" (training, validation and
+    inference all come through here)."""
+    x = torch.as_tensor(views)
+    if getattr(model.config, "input_norm", "none") == "mip":
+        from ..calibration import normalize_views
+
+        x = normalize_views(x)
+    return x

@@ -106,14 +106,16 @@ def to_device(x, y, device):
 
 
 @torch.no_grad()
-def forward_all(model, x, batch_size: int, loss=None, y=None):
+def forward_all(model, x, batch_size: int, loss=None, y=None, transform=None):
     """Outputs of ``model`` (eval mode) on array ``x`` in batches, concatenated, and the mean
-    ``loss(out, y)`` over the samples when given (0.0 otherwise)."""
+    ``loss(out, y)`` over the samples when given (0.0 otherwise). ``transform`` (tensor ->
+    tensor), when given, turns each batch into what the model is fed."""
     was = model.training
     model.eval()
     outs, total = [], 0.0
     for i in range(0, len(x), batch_size):
-        out = model(torch.from_numpy(x[i : i + batch_size])).float()
+        batch = torch.from_numpy(x[i : i + batch_size])
+        out = model(transform(batch) if transform is not None else batch).float()
         if loss is not None:
             total += float(loss(out, torch.from_numpy(y[i : i + batch_size]))) * len(out)
         outs.append(out)

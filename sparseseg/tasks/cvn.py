@@ -2,13 +2,16 @@
 simulated interactions, optionally class-balanced -- and its task."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from ..calibration import normalize_views
 from ..classes import CVN_CLASSES
 from ..metrics import classification_table
+from ..models.cvn import model_input
 from . import StepData, forward_all, to_device
 
 TOPOLOGY_CLASS = {"ccmu": 0, "cce": 1, "ncpi0": 2}
@@ -114,6 +117,7 @@ class CVNTask:
         self.preset = cfg["data"]["simulate"] or "crop512"
         self.seed, self.val_seed = int(cfg["data"]["seed"]), int(cfg["data"]["val_seed"])
         self.hadronic = bool(cfg["data"].get("hadronic", True))
+        self.input_norm = cfg["model"].get("input_norm", "none")  # checked by the model's builder
 
     def batches(self, rank: int, world: int) -> StepData:
         t = self.cfg["train"]
@@ -130,7 +134,10 @@ class CVNTask:
         return StepData(make, t["accumulate"], rank, world)
 
     def prepare(self, micro_batch, device):
-        return (*to_device(*micro_batch, device), 1.0)
+        x, y = micro_batch
+        if self.input_norm == "mip":  # as sparseseg.models.cvn.model_input does for a built model
+            x = normalize_views(torch.as_tensor(x))
+        return (*to_device(x, y, device), 1.0)
 
     @staticmethod
     def loss(logits, y):
@@ -147,7 +154,7 @@ class CVNTask:
     def evaluate(self, model, val, batch_size: int = 8) -> dict[str, Any]:
         """Cross-entropy, accuracy, and per-class efficiency and purity."""
         x, y = val
-        logits, loss = forward_all(model, x, batch_size, self.loss, y)
+        logits, loss = forward_all(model, x, batch_size, self.loss, y, transform=partial(model_input, model))
         pred = logits.argmax(1).numpy() if logits is not None else np.zeros(0, np.int64)
         table = classification_table(y, pred, len(self.classes), self.classes)
         return {"loss": loss, "accuracy": table["accuracy"],
@@ -157,7 +164,7 @@ class CVNTask:
 
 def cvn_probabilities(model, x: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """Class probabilities (n, 3) of ``model`` on images ``x`` (n, 3, H, W)."""
-    logits, _ = forward_all(model, x, batch_size)
+    logits, _ = forward_all(model, x, batch_size, transform=partial(model_input, model))
     return torch.softmax(logits, 1).numpy() if logits is not None else np.zeros((0, len(CVN_CLASSES)), np.float32)
 
 
