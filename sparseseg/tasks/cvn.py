@@ -38,7 +38,8 @@ def balanced_indices(n: int, seed: int, start: int = 0, preset: str = "crop512",
 
 
 def cvn_dataset(n: int, seed: int = 0, size: int = 500, start: int = 0, preset: str = "crop512",
-                indices: Sequence[int] | None = None, hadronic: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                indices: Sequence[int] | None = None, hadronic: bool = True,
+                conditions=None) -> tuple[np.ndarray, np.ndarray]:
     """Dense 3-view images and labels of ``n`` simulated neutrino interactions.
 
     Interactions ``start, start + 1, ...`` of the simulator stream ``(preset, seed)`` are
@@ -47,7 +48,9 @@ def cvn_dataset(n: int, seed: int = 0, size: int = 500, start: int = 0, preset: 
     interactions of the stream (e.g. from :func:`balanced_indices`). Each plane's view (the 512 x 512
     window around the vertex of the ``crop512`` preset, cosmics included) is densified and
     centre-cropped, or zero-padded, to ``size`` x ``size``. ``hadronic``: as in
-    :func:`~sparseseg.simulate.simulate_full`.
+    :func:`~sparseseg.simulate.simulate_full`; ``conditions`` (a
+    :class:`~sparseseg.simulate.detector.Conditions`, None = the preset's nominal detector)
+    changes only the detector response, never the interactions.
 
     Returns
     -------
@@ -67,7 +70,7 @@ def cvn_dataset(n: int, seed: int = 0, size: int = 500, start: int = 0, preset: 
     elif len(indices) != n:
         raise ValueError(f"cvn_dataset: {len(indices)} indices given for n={n}")
     for k, index in enumerate(indices):
-        events, truth = simulate_full(preset, seed, int(index), hadronic=hadronic)
+        events, truth = simulate_full(preset, seed, int(index), conditions=conditions, hadronic=hadronic)
         if truth.topology not in TOPOLOGY_CLASS:
             raise ValueError(f"cvn_dataset: interaction {index} of ({preset}, {seed}) is a {truth.topology}, "
                              "not a neutrino interaction")
