@@ -46,8 +46,8 @@ ROWS = {
     "cvn": ("cvn", {}, "3 views x 500 x 500"),
 }
 """Sparse rows run what ``predict`` runs on CPU, with the shipped weights: the inference engine
-(:class:`~sparseseg.models.sparse_infer.FastUResNet`) for 2D and for bf16, the training graph
-(spconv modules and rulebooks) for 3D in fp32; ``uresnet2d-graph`` is the 2D training graph."""
+(:class:`~sparseseg.models.sparse_infer.FastUResNet`), 2D and 3D; ``uresnet2d-graph`` is the
+2D training graph (spconv modules and rulebooks)."""
 DEFAULT_MODELS = ("uresnet2d", "uresnet2d-bf16", "uresnet2d-graph", "uresnet2d-dense", "uresnet3d", "uresnet3d-bf16", "roi-unet",
                   "roi-mobilenetv2", "roi-mobilenetv3", "roi-transformer", "cvn")
 OCCUPANCIES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)

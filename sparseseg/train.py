@@ -49,7 +49,7 @@ def resolve_precision(precision: str, device, sparse: bool, dim: int = 2) -> str
     from .models.sparse_infer import cpu_has_bf16
     from .models.uresnet import cpu_path
 
-    engine = sparse and cpu_path(device, dim, grad=True) == "engine"
+    engine = sparse and cpu_path(device, dim, "bf16", grad=True) == "engine"  # where bf16 would run on the engine
     return "bf16" if engine and cpu_has_bf16() else "fp32"
 
 

@@ -146,10 +146,11 @@ def test_bf16_follows_autocast_and_keeps_float32_parameters():
 
 def test_path_choice():
     assert cpu_path("cpu", 2, "fp32", grad=True) == "engine"
-    assert cpu_path("cpu", 3, "bf16", grad=True) == "graph"  # 3D: the rulebooks multiply fewer rows
+    assert cpu_path("cpu", 3, "bf16", grad=True) == "graph"  # 3D bf16: the rulebooks multiply fewer rows
+    assert cpu_path("cpu", 3, "fp32", grad=True) == "engine"  # float32: existing pairs only, as the rulebooks
     assert cpu_path("cpu", 2, "fp32", grad=False) == "infer"
     assert cpu_path("cpu", 3, "bf16", grad=False) == "infer"
-    assert cpu_path("cpu", 3, "fp32", grad=False) == "graph"
+    assert cpu_path("cpu", 3, "fp32", grad=False) == "infer"
     assert cpu_path("cuda", 2, "fp32", grad=True) == "spconv"
     m = _model(2)
     m.backend = "fast"

@@ -192,7 +192,7 @@ def test_precision_is_resolved_recorded_and_checked_on_resume(tmp_path, train_fi
     assert resolve_precision("fp32", "cpu", True) == "fp32"
     assert resolve_precision("auto", "cpu", False) == "fp32"  # dense models: autocast is not worth it on CPU
     assert resolve_precision("auto", "cuda", True) == "fp32"
-    assert resolve_precision("auto", "cpu", True, dim=3) == "fp32"  # 3D trains through the graph
+    assert resolve_precision("auto", "cpu", True, dim=3) == "fp32"  # 3D bf16 would train through the graph
     assert resolve_precision("auto", "cpu", True) == ("bf16" if cpu_has_bf16() else "fp32")
     cfg = tiny_config(train_file, max_steps=2, checkpoint_every=1, val_every=2, precision="auto")
     train(cfg, tmp_path / "r", progress=False)

@@ -92,28 +92,28 @@ def cpu_path(device, dim: int, precision: str = "fp32", grad: bool = True) -> st
     """The one place that decides how a sparse UResNet runs.
 
     - ``"spconv"``: CUDA tensors go to spconv's kernels (training and inference);
-    - ``"engine"``: the differentiable engine (:mod:`.sparse_engine`): CPU training in 2D
-      (float32: offset-by-offset pair lists, as fast as the graph; bf16 where the CPU has it:
-      one gather-GEMM per convolution);
+    - ``"engine"``: the differentiable engine (:mod:`.sparse_engine`): CPU training in 2D,
+      and in 3D in float32 (float32: offset-by-offset pair lists, as fast as the graph and a
+      third lighter in tensors; bf16 where the CPU has it: one gather-GEMM per convolution);
     - ``"infer"``: the inference engine (:mod:`.sparse_infer`, BatchNorm folded): CPU
-      inference in 2D, and in 3D for bf16;
+      inference, 2D and 3D;
     - ``"graph"``: spconv's rulebooks with this project's CPU kernels (:mod:`.sparse_cpu`):
-      3D training and 3D float32 inference, and the reference in tests. In 3D only ~18 % of
-      the 27 neighbours of a voxel exist, so one gather-GEMM multiplies ~5x more rows than the
-      rulebook's pair lists: measured on two pilarnet volumes (4,259 voxels, 1 thread), a
-      training step takes 513 ms with the graph, 688 ms with the engine in bf16 and 2,049 ms in
-      fp32; a float32 forward 216 ms with the graph and 415 ms with the inference engine. Since
-      float32 convolutions run offset by offset over existing pairs only (``use_pairs``), the
-      engines equal the graph in 3D float32 (12,328 voxels, 1 thread: training step 973 vs
-      933-979 ms, forward 318 vs 324 ms), so the graph, the tests' reference, stays.
+      3D bf16 training, and the reference in tests. In 3D only ~18 % of the 27 neighbours of a
+      voxel exist, so one gather-GEMM multiplies ~5x more rows than the rulebook's pair lists:
+      measured on two pilarnet volumes (4,259 voxels, 1 thread), a training step takes 513 ms
+      with the graph and 688 ms with the engine in bf16. In float32 the engines multiply
+      existing pairs only (``use_pairs``) and match the graph in 3D: a training step of two
+      pilarnet volumes (3.5-9.9k voxels, 1 thread) 603 ms with the engine against 615 ms with
+      the graph, 75 against 104 MB of tensors at the step's peak; a forward of 12,328 voxels
+      318 ms with the inference engine against 324 ms.
 
     ``precision``: "fp32" or "bf16"; ``grad``: whether gradients are needed (training).
     """
     if torch.device(device).type == "cuda":
         return "spconv"
     if grad:
-        return "engine" if dim == 2 else "graph"
-    return "graph" if dim == 3 and precision == "fp32" else "infer"
+        return "graph" if dim == 3 and precision == "bf16" else "engine"
+    return "infer"
 
 
 # --------------------------------------------------------------------------- blocks
