@@ -37,7 +37,7 @@ ROWS = {
     "uresnet2d-bf16": ("uresnet", {"dim": 2}, "uboone Y plane 1008 x 3456 (sparse, bf16)"),
     "uresnet2d-graph": ("uresnet", {"dim": 2}, "uboone Y plane 1008 x 3456 (sparse, training graph, fp32)"),
     "uresnet2d-dense": ("uresnet-dense", {"dim": 2}, "uboone Y plane 1008 x 3456 (dense)"),
-    "uresnet3d": ("uresnet", {"dim": 3}, "pilarnet volume 768^3 (sparse, training graph, fp32)"),
+    "uresnet3d": ("uresnet", {"dim": 3}, "pilarnet volume 768^3 (sparse, fp32)"),
     "uresnet3d-bf16": ("uresnet", {"dim": 3}, "pilarnet volume 768^3 (sparse, bf16)"),
     "roi-unet": ("roi-unet", {}, "full U plane 3 x 2400 x 600"),
     "roi-mobilenetv2": ("roi-mobilenetv2", {}, "full U plane 3 x 2400 x 600"),
