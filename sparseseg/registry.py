@@ -66,9 +66,9 @@ SHIPPED: dict[str, Shipped] = {s.name: s for s in (
     _roi("roi_mobilenetv2", "MobileNetV2-UNet", "75d04732bca75e52eecea859297ef0200f1807c29e2f370ceb9c59fbf3f4587e"),
     Shipped("cvn", "cvn.pt", "cvn.md", "cvn.yaml",
             "event classifier nu_mu CC / nu_e CC / NC (dense SE-ResNet CVN)",
-            "4dff33827b8b3e91cf505b63cae73765388f59b128e8e7fa1be4d42f7e17aa0d",
-            "simulator 0.4, preset crop512, 500 x 500 views around the vertex, balanced training",
-            "wire-plane ADC, nominal gain"),
+            "1ee4aaaeaf4f76de637d1c02273545e9dd691b763875d226235a94f1f50fbd15",
+            "simulator 0.4, then 0.5 (hadronic interactions), preset crop512, 500 x 500 views around the vertex, balanced training",
+            "wire-plane ADC, any gain: each view is rescaled to its own MIP scale"),
 )}
 
 DEFAULT_SEGMENTATION = {2: "uresnet2d", 3: "uresnet3d"}
