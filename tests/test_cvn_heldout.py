@@ -1,7 +1,5 @@
 """scripts/cvn_heldout.py: the held-out table of a CVN checkpoint, with the gain rows."""
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,14 +8,12 @@ import torch
 from sparseseg import checkpoint
 from sparseseg.models import build_model
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import load_script
+
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("cvn_heldout", ROOT / "scripts" / "cvn_heldout.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("cvn_heldout")
 
 
 def test_heldout_table_and_gain_rows(tmp_path, capsys):

@@ -1,20 +1,18 @@
 """The recipe ablation compares what it says it compares: one base config, only the loss
 weighting (or the training precision) changed, and its "shipped recipe" row is the shipped one."""
-import importlib.util
 from pathlib import Path
 
 import yaml
 
 from sparseseg.config import resolve
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("recipe_ablation", ROOT / "scripts" / "recipe_ablation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("recipe_ablation")
 
 
 def test_variants_differ_only_in_weighting_or_precision():
