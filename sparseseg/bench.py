@@ -220,17 +220,11 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     baseline = reset_peak_rss()
     parts: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}
     pixels = []
-    def step(events):
-        _, target, _ = task.prepare((events, pixel_weights(events, wcfg)), "cpu")
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(events)
-        opt.zero_grad(set_to_none=True)
-        task.loss(logits.float(), target).backward()
-        opt.step()
 
-    for i, events in enumerate(batches):
+    def step(events):
+        """One training step, its parts timed apart (sparseseg.tasks.accumulated_step runs them
+        as one): (times of data, forward, backward, optimizer; loss)."""
         t0 = time.perf_counter()
-        # the training step's parts, timed apart (sparseseg.tasks.accumulated_step runs them as one)
         _, target, _ = task.prepare((events, pixel_weights(events, wcfg)), "cpu")
         t1 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -242,8 +236,12 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
         t3 = time.perf_counter()
         opt.step()
         t4 = time.perf_counter()
+        return (t1 - t0, t2 - t1, t3 - t2, t4 - t3), loss
+
+    for i, events in enumerate(batches):
+        times, loss = step(events)
         if i >= warm:
-            for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            for key, dt in zip(parts, times):
                 parts[key].append(dt)
             pixels.append(sum(len(e) for e in events))
     rss = peak_rss_mb() - baseline

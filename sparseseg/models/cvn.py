@@ -29,6 +29,7 @@ __all__ = [
     "SEResBlock",
     "CVN",
     "build_cvn",
+    "calibrated",
     "model_input",
 ]
 
@@ -156,13 +157,18 @@ def build_cvn(**kwargs) -> CVN:
     return CVN(config_from(CVNConfig, "cvn", kwargs))
 
 
-def model_input(model: CVN, views) -> torch.Tensor:
-    """What ``model`` is fed for dense views (B, V, H, W) of ADC: the views as a tensor,
-    calibrated per view where the model's ``input_norm`` is "mip" (training, validation and
-    inference all come through here)."""
+def calibrated(views, input_norm: str) -> torch.Tensor:
+    """Dense views (B, V, H, W) of ADC as a tensor, calibrated per view where ``input_norm``
+    is "mip": what a CVN with that ``input_norm`` is fed (training, validation and inference
+    all come through here)."""
     x = torch.as_tensor(views)
-    if getattr(model.config, "input_norm", "none") == "mip":
+    if input_norm == "mip":
         from ..calibration import normalize_views
 
         x = normalize_views(x)
     return x
+
+
+def model_input(model: CVN, views) -> torch.Tensor:
+    """What ``model`` is fed for dense views (B, V, H, W) of ADC (:func:`calibrated`)."""
+    return calibrated(views, getattr(model.config, "input_norm", "none"))

@@ -8,10 +8,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..calibration import normalize_views
 from ..classes import CVN_CLASSES
 from ..metrics import classification_table
-from ..models.cvn import model_input
+from ..models.cvn import calibrated, model_input
 from . import StepData, forward_all, to_device
 
 TOPOLOGY_CLASS = {"ccmu": 0, "cce": 1, "ncpi0": 2}
@@ -138,9 +137,7 @@ class CVNTask:
 
     def prepare(self, micro_batch, device):
         x, y = micro_batch
-        if self.input_norm == "mip":  # as sparseseg.models.cvn.model_input does for a built model
-            x = normalize_views(torch.as_tensor(x))
-        return (*to_device(x, y, device), 1.0)
+        return (*to_device(calibrated(x, self.input_norm), y, device), 1.0)
 
     @staticmethod
     def loss(logits, y):
