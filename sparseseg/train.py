@@ -27,16 +27,43 @@ from .tasks import accumulated_step, task_for
 
 
 def init_weights(model: torch.nn.Module, path) -> None:
-    """Start from the model weights of checkpoint ``path`` (train.init); shapes must match."""
+    """Start from the model weights of checkpoint ``path`` (train.init); shapes must match,
+    except that a sparse UResNet may start from a narrower one (fewer ``filters``, all else
+    equal): the narrow weights are widened so that the new model computes the same function
+    (:func:`~sparseseg.models.uresnet.widen_state_dict`)."""
     ckpt = checkpoint.load(path)
     state = checkpoint.float_state(ckpt["model"])
     own = model.state_dict()
     bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    if bad and not set(state) - set(own) and _narrower(ckpt, model):
+        from .models.uresnet import widen_state_dict
+
+        filters = ckpt["config"]["model"]["filters"]
+        print(f"train.init: widening {path} from {filters} to {model.config.filters} filters "
+              "(the wider model starts with the same outputs)", file=sys.stderr)
+        model.load_state_dict(widen_state_dict(state, filters, model))
+        return
     if bad or set(state) - set(own):
         raise ValueError(f"train.init: weights file {path} does not fit the configured model "
                          f"(first mismatch: {(bad or sorted(set(state) - set(own)))[0]}); "
-                         "use the same model section as the run that wrote it")
+                         "use the same model section as the run that wrote it (or, for a "
+                         "uresnet, the same one with more filters)")
     model.load_state_dict(state)
+
+
+def _narrower(ckpt: dict[str, Any], model: torch.nn.Module) -> bool:
+    """Whether ``ckpt`` holds a sparse UResNet that differs from ``model`` only by fewer filters."""
+    from dataclasses import asdict
+
+    from .models.uresnet import SparseUResNet
+
+    saved = dict((ckpt.get("config") or {}).get("model") or {})
+    if not isinstance(model, SparseUResNet) or saved.pop("name", None) != "uresnet":
+        return False
+    own = asdict(model.config)
+    filters = saved.pop("filters", None)
+    return (isinstance(filters, int) and filters < own["filters"]
+            and all(own.get(k) == v for k, v in saved.items()))
 
 
 def resolve_precision(precision: str, device, sparse: bool, dim: int = 2) -> str:

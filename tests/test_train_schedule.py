@@ -87,7 +87,34 @@ def test_init_starts_from_the_given_weights(tmp_path, train_file):
 def test_init_with_another_model_is_refused(tmp_path, train_file):
     cfg = tiny_config(train_file, max_steps=1, val_every=1, checkpoint_every=1)
     train(cfg, tmp_path / "a", progress=False)
-    bad = tiny_config(train_file, max_steps=1, init=str(tmp_path / "a" / "checkpoint.pt"))
-    bad["model"]["filters"] = 16
-    with pytest.raises(ValueError, match=r"train.init: weights file .* does not fit the configured model"):
-        train(bad, tmp_path / "b", progress=False)
+    for field, value in (("depth", 2), ("filters", 4)):  # another structure; a narrower model
+        bad = tiny_config(train_file, max_steps=1, init=str(tmp_path / "a" / "checkpoint.pt"))
+        bad["model"][field] = value
+        with pytest.raises(ValueError, match=r"train.init: weights file .* does not fit the configured model"):
+            train(bad, tmp_path / "b", progress=False)
+
+
+def test_init_widens_a_narrower_uresnet(tmp_path, train_file, capsys):
+    """A run with more filters starts from narrower weights and computes the same logits."""
+    from conftest import random_event
+
+    cfg = tiny_config(train_file, max_steps=1, val_every=1, checkpoint_every=1)
+    train(cfg, tmp_path / "a", progress=False)
+    wide = tiny_config(train_file, max_steps=1, val_every=1, checkpoint_every=1, lr=0.0,
+                       init=str(tmp_path / "a" / "checkpoint.pt"))
+    wide["model"]["filters"] = 12
+    train(wide, tmp_path / "b", progress=False)
+    assert "widening" in capsys.readouterr().err
+    events = [random_event((48, 40), 150, seed=s) for s in range(3)]
+    widened = checkpoint.build_from(checkpoint.load(tmp_path / "b" / "checkpoint.pt")).eval()
+    assert widened.config.filters == 12 and widened.head.weight.shape == (5, 12)
+    # lr 0: only BatchNorm running statistics moved in run b, and the old channels' statistics
+    # moved exactly as they would have in the narrow model: compare the narrow model run one
+    # more lr-0 step the same way
+    again = tiny_config(train_file, max_steps=1, val_every=1, checkpoint_every=1, lr=0.0,
+                        init=str(tmp_path / "a" / "checkpoint.pt"))
+    train(again, tmp_path / "c", progress=False)
+    narrow = checkpoint.build_from(checkpoint.load(tmp_path / "c" / "checkpoint.pt")).eval()
+    with torch.no_grad():
+        a, b = narrow(events), widened(events)
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()

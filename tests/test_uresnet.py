@@ -78,3 +78,38 @@ def test_training_steps_on_cpu(dim, shape):
             assert "stem.weight" in changed and "head.weight" in changed
             assert any(k.startswith("down.") for k in changed) and any(k.startswith("up.") for k in changed)
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("dim,shape", [(2, (50, 60)), (3, (20, 24, 28))])
+def test_widened_model_computes_the_same_logits(dim, shape):
+    """widen_state_dict: old channels keep their weights and never see the new ones (decoder
+    concatenations included), in evaluation and in training mode; the new-to-old weights are
+    zero but get gradients, so training can use the new channels."""
+    from sparseseg.models.uresnet import widen_state_dict
+
+    narrow = small(dim)
+    for m in narrow.modules():  # statistics that matter
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    torch.manual_seed(1)
+    wide = build_model("uresnet", dim=dim, depth=3, filters=12, reps=1)
+    wide.load_state_dict(widen_state_dict(narrow.state_dict(), 8, wide))
+    ev = random_event(shape, 250, seed=3)
+    for training in (False, True):
+        narrow.train(training)
+        wide.train(training)
+        with torch.no_grad():
+            a, b = narrow([ev]), wide([ev])
+        assert torch.allclose(a, b, atol=1e-5), (training, (a - b).abs().max())
+    w = wide.decoder[0][0].conv1.weight  # input = [upsampled 24 | skip 12], old halves at 0:16, 24:32
+    assert w.shape[-1] == 48
+    assert torch.equal(w[:16, ..., 16:24], torch.zeros_like(w[:16, ..., 16:24]))
+    assert torch.equal(w[:16, ..., :16], narrow.decoder[0][0].conv1.weight[..., :16])
+    assert torch.equal(w[:16, ..., 24:40], narrow.decoder[0][0].conv1.weight[..., 16:32])
+    wide([ev]).square().sum().backward()
+    assert w.grad[:16, ..., 16:24].abs().sum() > 0
+    with pytest.raises(ValueError, match="cannot widen 16 filters into 12"):
+        widen_state_dict(narrow.state_dict(), 16, wide)

@@ -30,7 +30,8 @@ from ..config import config_from
 from . import sparse_cpu
 from .uresnet_config import UResNetConfig
 
-__all__ = ["UResNetConfig", "SparseUResNet", "build_uresnet", "collate", "cpu_path", "guard_cpu_backward"]
+__all__ = ["UResNetConfig", "SparseUResNet", "build_uresnet", "collate", "cpu_path", "guard_cpu_backward",
+           "widen_state_dict"]
 
 
 # --------------------------------------------------------------------------- spconv on CPU
@@ -294,3 +295,55 @@ def split_by_batch(output: torch.Tensor, indices: torch.Tensor, batch_size: int)
 def build_uresnet(**kwargs) -> SparseUResNet:
     """Builder used by the model table: keyword arguments are :class:`UResNetConfig` fields."""
     return SparseUResNet(config_from(UResNetConfig, "uresnet", kwargs))
+
+
+def widen_state_dict(state: dict[str, torch.Tensor], filters: int, model: SparseUResNet) -> dict[str, torch.Tensor]:
+    """Weights of a UResNet with ``filters`` moved into the wider ``model`` (same dim, depth and
+    reps, more filters) so that the wider network computes the same logits, in training and in
+    evaluation mode.
+
+    Every old channel keeps its index (in the decoder's concatenated [upsampled, skip] input,
+    each half keeps its own offset); the new channels keep ``model``'s fresh initialisation,
+    except the weights from a new input channel to an old output channel, which are zero: the old
+    channels never see the new ones, so the loss starts where the narrow model's ends, and those
+    zero weights get gradients at the first step (the new channels are live), so training grows
+    the new capacity from there (function-preserving widening, as in Net2Net's zero variant).
+    """
+    cfg = model.config
+    if filters > cfg.filters:
+        raise ValueError(f"uresnet: cannot widen {filters} filters into {cfg.filters}")
+    new = model.state_dict()
+    if set(new) != set(state):
+        raise ValueError("uresnet: only the number of filters may differ when widening "
+                         "(dim, depth and reps must match)")
+    concat = {f"decoder.{k}.0.{name}" for k in range(cfg.depth - 1)
+              for name in ("norm1.bn.weight", "norm1.bn.bias", "norm1.bn.running_mean",
+                           "norm1.bn.running_var", "conv1.weight", "shortcut.weight")}
+    out = {}
+    for key, target in new.items():
+        src = state[key].to(target.dtype)
+        if src.shape == target.shape:
+            out[key] = src.clone()
+            continue
+        if src.dim() != target.dim():
+            raise ValueError(f"uresnet: {key} has {src.dim()} dimensions, the wider model {target.dim()}")
+        maps = []
+        for d, (n_old, n_new) in enumerate(zip(src.shape, target.shape)):
+            channel_dim = d == src.dim() - 1 if src.dim() > 1 else d == 0  # input channels: last axis
+            if key in concat and channel_dim and n_old != n_new:
+                half_old, half_new = n_old // 2, n_new // 2
+                maps.append(torch.cat([torch.arange(half_old), half_new + torch.arange(half_old)]))
+            else:
+                maps.append(torch.arange(n_old))
+        t = target.clone()
+        t[torch.meshgrid(*maps, indexing="ij")] = src
+        if t.dim() > 1:  # weights (out, ..., in): no path from a new input to an old output
+            old_out = torch.zeros(t.shape[0], dtype=torch.bool)
+            old_out[maps[0]] = True
+            new_in = torch.ones(t.shape[-1], dtype=torch.bool)
+            new_in[maps[-1]] = False
+            shape_out = (-1,) + (1,) * (t.dim() - 1)
+            shape_in = (1,) * (t.dim() - 1) + (-1,)
+            t.masked_fill_(old_out.view(shape_out) & new_in.view(shape_in), 0.0)
+        out[key] = t
+    return out
