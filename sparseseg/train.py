@@ -35,7 +35,7 @@ def init_weights(model: torch.nn.Module, path) -> None:
     state = checkpoint.float_state(ckpt["model"])
     own = model.state_dict()
     bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
-    if bad and not set(state) - set(own) and _narrower(ckpt, model):
+    if bad and _narrower(ckpt, model):
         from .models.uresnet import widen_state_dict
 
         filters = ckpt["config"]["model"]["filters"]

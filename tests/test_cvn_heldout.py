@@ -11,7 +11,6 @@ from sparseseg.models import build_model
 from conftest import load_script
 
 
-
 def _script():
     return load_script("cvn_heldout")
 

@@ -329,8 +329,7 @@ def widen_state_dict(state: dict[str, torch.Tensor], filters: int, model: Sparse
             raise ValueError(f"uresnet: {key} has {src.dim()} dimensions, the wider model {target.dim()}")
         maps = []
         for d, (n_old, n_new) in enumerate(zip(src.shape, target.shape)):
-            channel_dim = d == src.dim() - 1 if src.dim() > 1 else d == 0  # input channels: last axis
-            if key in concat and channel_dim and n_old != n_new:
+            if key in concat and d == src.dim() - 1 and n_old != n_new:  # input channels: last axis
                 half_old, half_new = n_old // 2, n_new // 2
                 maps.append(torch.cat([torch.arange(half_old), half_new + torch.arange(half_old)]))
             else:
