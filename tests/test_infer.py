@@ -246,6 +246,35 @@ def test_class_bias_by_hand_and_choice():
     assert (biased_argmax(s, b) == labels).all() and f1 == 1.0
 
 
+
+def test_class_bias_accuracy_objective_keeps_accuracy_and_purity():
+    import numpy as np
+    import pytest
+
+    from sparseseg.infer import choose_class_bias
+
+    # 100 Michel and 300 MIP pixels with the same scores (Michel 0.3 < MIP 0.4), 600 clean MIP:
+    # boosting Michel finds all 100 Michel at the cost of 300 MIP pixels
+    s = np.tile(np.array([0.1, 0.4, 0.1, 0.1, 0.3]), (1000, 1))
+    labels = np.ones(1000, np.int64)
+    labels[:100] = 4
+    s[400:] = [0.05, 0.8, 0.05, 0.05, 0.05]
+    b_f1, f1 = choose_class_bias(s, labels)
+    assert b_f1[4] > np.log(0.4 / 0.3) and f1 > 0.5  # macro F1 buys Michel recall ...
+    assert ((np.log(s) + b_f1).argmax(1) == labels).mean() == 0.7  # ... at 0.2 of the accuracy (0.9 without)
+    b_acc, acc = choose_class_bias(s, labels, objective="accuracy")
+    assert b_acc.tolist() == [0.0] * 5 and acc == 0.9
+    # a boost that gains accuracy (+10 pixels) but makes the class only 100/190 pure is refused
+    s2 = np.tile(np.array([0.05, 0.45, 0.4, 0.05, 0.05]), (1000, 1))
+    labels2 = np.ones(1000, np.int64)
+    labels2[:100] = 2
+    s2[190:] = [0.05, 0.8, 0.05, 0.05, 0.05]
+    assert choose_class_bias(s2, labels2, objective="accuracy")[0].tolist() == [0.0] * 5
+    b_low, acc_low = choose_class_bias(s2, labels2, objective="accuracy", min_purity=0.5)
+    assert b_low[2] > np.log(0.45 / 0.4) and acc_low == 0.91
+    with pytest.raises(ValueError, match="objective 'f1' unknown; expected one of macro-f1, accuracy"):
+        choose_class_bias(s, labels, objective="f1")
+
 def _mirror(ev, axes):
     from sparseseg import Event
 
