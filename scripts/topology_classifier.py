@@ -3,7 +3,7 @@ topology features of the three views from the 2D sparse UResNet, plus the CVN's 
 combined by a logistic regression (nu_mu CC / nu_e CC / NC).
 
     python scripts/topology_classifier.py --fit 3000 --out weights/topology.json     # fit, then score
-    python scripts/topology_classifier.py --weights weights/topology.json            # score only
+    python scripts/topology_classifier.py                                            # score the shipped one
 
 Fitting simulates ``--fit`` interactions of the crop512 stream ``--fit-seed`` (natural class
 mix, a seed no model was trained, validated or scored on), segments each view with
@@ -41,7 +41,7 @@ def cached_table(cache: Path, n: int, seed: int, predictor, cvn_model, key: str)
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", help="classifier to score (JSON); with --fit, where the fitted one is written (--out)")
+    p.add_argument("--weights", help="classifier to score (JSON; default: the shipped weights/topology.json)")
     p.add_argument("--fit", type=int, default=0, metavar="N", help="fit on N interactions first")
     p.add_argument("--fit-seed", type=int, default=21)
     p.add_argument("--c", type=float, default=0.1, help="inverse L2 strength of the logistic regression")
@@ -57,8 +57,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.fit and not args.out:
         p.error("--fit needs --out (where to write the classifier)")
-    if not args.fit and not args.weights:
-        p.error("give --weights (a classifier to score) or --fit N --out FILE")
 
     import torch
 
@@ -82,13 +80,18 @@ def main(argv=None) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     if args.fit:
         x, y = cached_table(cache, args.fit, args.fit_seed, predictor, cvn_model, key)
+        from sparseseg.simulate import SIMULATOR_VERSION
+
         clf = fit(x, y, c=args.c, info={"fit_interactions": args.fit, "fit_seed": args.fit_seed, "preset": "crop512",
+                                        "simulator": SIMULATOR_VERSION,
                                         "segmentation_sha256": sha256(seg_path), "cvn_sha256": sha256(cvn_path)})
         clf.save(args.out)
         print(f"wrote {args.out}: logistic regression on {args.fit} interactions (seed {args.fit_seed}), C = {args.c}")
         weights = args.out
     else:
-        weights = args.weights
+        from sparseseg.tasks.topology import shipped_classifier_path
+
+        weights = args.weights or shipped_classifier_path()
     clf = TopologyClassifier.load(weights)
     xt, yt = cached_table(cache, args.tune_n, 1001, predictor, cvn_model, key)
     xh, yh = cached_table(cache, args.n, args.seed, predictor, cvn_model, key)

@@ -76,6 +76,7 @@ def test_wheel_runs_predict_with_default_weights_outside_the_tree(tmp_path):
     for s in registry.SHIPPED.values():
         assert f"sparseseg/weights/{s.file}" in names and f"sparseseg/weights/{s.card}" in names
     assert "sparseseg/configs/uresnet2d.yaml" in names
+    assert "sparseseg/weights/topology.json" in names and "sparseseg/weights/topology.md" in names
     subprocess.run(pip + ["install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True)
 
     env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1"}

@@ -100,3 +100,15 @@ def test_script_fits_scores_and_reuses_its_tables(tmp_path, capsys):
     assert json.loads((tmp_path / "again" / "metrics.json").read_text())["topology"] == m["topology"]
     text = capsys.readouterr().out
     assert "| CVN alone |" in text and "| segmentation + CVN |" in text
+
+
+def test_shipped_classifier_was_fitted_on_the_shipped_models():
+    from sparseseg import registry
+    from sparseseg.tasks.topology import shipped_classifier_path
+
+    clf = TopologyClassifier.load(shipped_classifier_path())
+    refit = "refit it: python scripts/topology_classifier.py --fit 3000 --out sparseseg/weights/topology.json"
+    assert clf.info["segmentation_sha256"] == registry.get("uresnet2d").sha256, refit
+    assert clf.info["cvn_sha256"] == registry.get("cvn").sha256, refit
+    assert clf.info["fit_interactions"] == 3000 and clf.info["simulator"] == "0.5"
+    assert shipped_classifier_path().with_suffix(".md").exists()

@@ -48,6 +48,14 @@ FEATURE_NAMES = tuple(f"{p}_{f}" for p in PLANE_NAMES for f in VIEW_FEATURES) + 
 FORMAT = "sparseseg-topology-classifier/1"
 
 
+def shipped_classifier_path() -> Path:
+    """The shipped classifier (``weights/topology.json``, card ``weights/topology.md``), fitted on
+    the outputs of the shipped 2D segmentation and CVN weights."""
+    from ..registry import WEIGHTS_DIR
+
+    return WEIGHTS_DIR / "topology.json"
+
+
 def _components(coords: np.ndarray, shape, mask: np.ndarray) -> np.ndarray:
     """8-connected component id (0..K-1) of each masked pixel; -1 elsewhere."""
     from scipy import ndimage
