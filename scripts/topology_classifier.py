@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     from sparseseg.plots import confusion_heatmap
     from sparseseg.registry import get, sha256
     from sparseseg.tasks.cvn import nue_selection
-    from sparseseg.tasks.topology import TopologyClassifier, fit
+    from sparseseg.tasks.topology import TopologyClassifier, fit, shipped_classifier_path
 
     seg_path = Path(args.segmentation) if args.segmentation else get("uresnet2d").path
     cvn_path = Path(args.cvn) if args.cvn else get("cvn").path
@@ -89,8 +89,6 @@ def main(argv=None) -> int:
         print(f"wrote {args.out}: logistic regression on {args.fit} interactions (seed {args.fit_seed}), C = {args.c}")
         weights = args.out
     else:
-        from sparseseg.tasks.topology import shipped_classifier_path
-
         weights = args.weights or shipped_classifier_path()
     clf = TopologyClassifier.load(weights)
     xt, yt = cached_table(cache, args.tune_n, 1001, predictor, cvn_model, key)
@@ -105,8 +103,14 @@ def main(argv=None) -> int:
         rows[name] = table
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = {"n": args.n, "seed": args.seed, "tune_n": args.tune_n, "classifier": str(weights),
-               "segmentation": str(seg_path), "cvn": str(cvn_path), **rows}
+    from sparseseg.registry import shipped_for
+
+    def name(path) -> str:  # shipped files by their place in the package, others as given
+        return f"weights/{Path(path).name}" if shipped_for(path) or Path(path).resolve().parent == \
+            Path(shipped_classifier_path()).resolve().parent else str(path)
+
+    metrics = {"n": args.n, "seed": args.seed, "tune_n": args.tune_n, "classifier_weights": name(weights),
+               "segmentation_weights": name(seg_path), "cvn_weights": name(cvn_path), **rows}
     write_text(out / "metrics.json", json.dumps(metrics, indent=1, default=float) + "\n")
     confusion_heatmap(np.array(rows["topology"]["confusion"]), str(out / "confusion.png"), list(CVN_CLASSES),
                       title=f"segmentation + CVN, {args.n} held-out interactions", unit="interactions")
