@@ -13,6 +13,8 @@ validation interactions (seed 1001) as the lowest with purity >= 0.8, as
 ``scripts/cvn_heldout.py`` does, and prints the CVN alone on the same interactions beside it.
 Feature tables are cached under ``--cache`` (keyed by the weights' sha256), so a refit or a
 rescore does not simulate again. Writes ``metrics.json`` and ``confusion.png`` to ``--out-dir``.
+``--gains 0.5,2`` re-simulates the held-out interactions with the detector gain multiplied by
+each factor (before noise and threshold) and adds a row each.
 """
 from __future__ import annotations
 
@@ -25,16 +27,22 @@ import numpy as np
 MIN_PURITY = 0.8
 
 
-def cached_table(cache: Path, n: int, seed: int, predictor, cvn_model, key: str):
+def cached_table(cache: Path, n: int, seed: int, predictor, cvn_model, key: str, gain: float = 1.0):
     from sparseseg.atomic import write_atomic
     from sparseseg.tasks.topology import FEATURE_NAMES, feature_table
 
-    path = cache / f"crop512-seed{seed}-n{n}-{key}.npz"
+    tag = "" if gain == 1.0 else f"-gain{gain:g}"
+    path = cache / f"crop512-seed{seed}-n{n}{tag}-{key}.npz"
     if path.exists():
         d = np.load(path)
         if tuple(d["names"]) == FEATURE_NAMES:
             return d["x"], d["y"]
-    x, y = feature_table(n, seed, predictor, cvn_model)
+    conditions = None
+    if gain != 1.0:
+        from sparseseg.robustness import conditions_for
+
+        conditions = conditions_for("crop512", {"gain": gain})
+    x, y = feature_table(n, seed, predictor, cvn_model, conditions=conditions)
     write_atomic(path, lambda f: np.savez(f, x=x, y=y, names=np.array(FEATURE_NAMES)))
     return x, y
 
@@ -54,7 +62,15 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default="runs/topology", help="folder of cached feature tables")
     p.add_argument("--out-dir", default="runs/topology/heldout")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--gains", default=None, metavar="G1,G2,...",
+                   help="also score the same held-out interactions at these detector gains (e.g. 0.5,2)")
     args = p.parse_args(argv)
+    try:
+        gains = [float(g) for g in args.gains.split(",")] if args.gains else []
+    except ValueError:
+        p.error(f"--gains: expected numbers separated by commas, got {args.gains!r}")
+    if any(g <= 0 for g in gains):
+        p.error(f"--gains: every gain must be > 0, got {args.gains!r}")
     if args.fit and not args.out:
         p.error("--fit needs --out (where to write the classifier)")
 
@@ -101,6 +117,14 @@ def main(argv=None) -> int:
         table = classification_table(yh, ph.argmax(1), ncls, list(CVN_CLASSES))
         table["nue_selection"] = nue_selection(pt, yt, ph, yh, MIN_PURITY)
         rows[name] = table
+    gain_rows = []
+    for g in gains:  # the same interactions under another detector gain; the nu_e cut stays the nominal one
+        xg, yg = cached_table(cache, args.n, args.seed, predictor, cvn_model, key, gain=g)
+        row = {"gain": g}
+        for name, pg in (("cvn", np.exp(xg[:, cvn_cols])), ("topology", clf.probabilities(xg))):
+            t = classification_table(yg, pg.argmax(1), ncls, list(CVN_CLASSES))
+            row[name] = {"accuracy": t["accuracy"], "efficiency": dict(zip(CVN_CLASSES, t["efficiency"]))}
+        gain_rows.append(row)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     from sparseseg.registry import shipped_for
@@ -110,7 +134,7 @@ def main(argv=None) -> int:
             Path(shipped_classifier_path()).resolve().parent else str(path)
 
     metrics = {"n": args.n, "seed": args.seed, "tune_n": args.tune_n, "classifier_weights": name(weights),
-               "segmentation_weights": name(seg_path), "cvn_weights": name(cvn_path), **rows}
+               "segmentation_weights": name(seg_path), "cvn_weights": name(cvn_path), **rows, "gains": gain_rows}
     write_text(out / "metrics.json", json.dumps(metrics, indent=1, default=float) + "\n")
     confusion_heatmap(np.array(rows["topology"]["confusion"]), str(out / "confusion.png"), list(CVN_CLASSES),
                       title=f"segmentation + CVN, {args.n} held-out interactions", unit="interactions")
@@ -123,6 +147,13 @@ def main(argv=None) -> int:
         cells = " | ".join(f"{e:.3f} / {q:.3f}" for e, q in zip(t["efficiency"], t["purity"]))
         s = t["nue_selection"]
         print(f"| {label} | {t['accuracy']:.3f} | {cells} | {s['efficiency']:.3f} / {s['purity']:.3f} |")
+    if gain_rows:
+        print("\n| detector gain | CVN alone accuracy | segmentation + CVN accuracy | " +
+              " | ".join(f"{c} eff" for c in CVN_CLASSES) + " |")
+        print("|---:|---:|---:|" + "---:|" * ncls)
+        for r in gain_rows:
+            eff = " | ".join(f"{r['topology']['efficiency'][c]:.3f}" for c in CVN_CLASSES)
+            print(f"| x{r['gain']:g} | {r['cvn']['accuracy']:.3f} | {r['topology']['accuracy']:.3f} | {eff} |")
     return 0
 
 

@@ -86,14 +86,17 @@ def test_script_fits_scores_and_reuses_its_tables(tmp_path, capsys):
     script = load_script("topology_classifier")
     out = tmp_path / "topology.json"
     args = ["--fit", "24", "--out", str(out), "-n", "6", "--tune-n", "6", "--cache", str(tmp_path / "cache"),
-            "--out-dir", str(tmp_path / "heldout")]
+            "--out-dir", str(tmp_path / "heldout"), "--gains", "2"]
     assert script.main(args) == 0
     m = json.loads((tmp_path / "heldout" / "metrics.json").read_text())
+    (row,) = m["gains"]
+    assert row["gain"] == 2.0 and 0.0 <= row["topology"]["accuracy"] <= 1.0
+    assert set(row["cvn"]["efficiency"]) == {"nu_mu CC", "nu_e CC", "NC"}
     for name in ("cvn", "topology"):
         cm = np.array(m[name]["confusion"])
         assert cm.sum() == 6 and m[name]["accuracy"] == pytest.approx(np.trace(cm) / 6)
     assert TopologyClassifier.load(out).info["fit_interactions"] == 24
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == 3
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 4  # fit, validation, held-out, held-out at gain 2
     # rescoring reads the cached tables: same figures
     assert script.main(["--weights", str(out), "-n", "6", "--tune-n", "6", "--cache", str(tmp_path / "cache"),
                         "--out-dir", str(tmp_path / "again")]) == 0
@@ -112,3 +115,13 @@ def test_shipped_classifier_was_fitted_on_the_shipped_models():
     assert clf.info["cvn_sha256"] == registry.get("cvn").sha256, refit
     assert clf.info["fit_interactions"] == 3000 and clf.info["simulator"] == "0.5"
     assert shipped_classifier_path().with_suffix(".md").exists()
+
+
+@pytest.mark.parametrize("gains,message", [("0.5,x", "--gains: expected numbers separated by commas, got '0.5,x'"),
+                                           ("0,2", "--gains: every gain must be > 0, got '0,2'")])
+def test_script_refuses_bad_gains(gains, message, capsys):
+    from conftest import load_script
+
+    with pytest.raises(SystemExit) as e:
+        load_script("topology_classifier").main(["--gains", gains])
+    assert e.value.code == 2 and message in capsys.readouterr().err

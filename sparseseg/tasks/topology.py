@@ -188,10 +188,13 @@ def fit(x: np.ndarray, y: np.ndarray, c: float = 0.1, info: dict | None = None) 
     return TopologyClassifier(mean, std, lr.coef_.copy(), lr.intercept_.copy(), info=dict(info or {}, c=c, n=len(y)))
 
 
-def feature_table(n: int, seed: int, predictor, cvn_model, preset: str = "crop512", progress: bool = True):
+def feature_table(n: int, seed: int, predictor, cvn_model, preset: str = "crop512", progress: bool = True,
+                  conditions=None):
     """Feature rows (n, F) and classes (n,) of the first ``n`` neutrino interactions of the
     simulator stream ``(preset, seed)`` (the interactions :func:`~sparseseg.tasks.cvn.cvn_dataset`
-    draws): each interaction's views are segmented by ``predictor`` and classified by ``cvn_model``."""
+    draws): each interaction's views are segmented by ``predictor`` and classified by ``cvn_model``.
+    ``conditions`` (a :class:`~sparseseg.simulate.detector.Conditions`; None: nominal) changes the
+    detector response only, never the interactions."""
     from tqdm import tqdm
 
     from ..simulate import simulate_full
@@ -201,7 +204,7 @@ def feature_table(n: int, seed: int, predictor, cvn_model, preset: str = "crop51
     y = np.zeros(n, np.int64)
     for k, index in enumerate(tqdm(neutrino_indices(n, seed, preset=preset), desc="interactions",
                                    disable=not progress, unit="int")):
-        events, truth = simulate_full(preset, seed, int(index))
+        events, truth = simulate_full(preset, seed, int(index), conditions=conditions)
         preds = [p for p, _ in predictor.predict(events)]
         probs = cvn_probabilities(cvn_model, cvn_views(events)[None])[0]
         x[k] = interaction_features(events, preds, probs)
