@@ -42,12 +42,12 @@ def main(argv=None) -> int:
     p.add_argument("--gains", default=None, metavar="G1,G2,...",
                    help="also score the same interactions at these detector gains (e.g. 0.5,0.7,1.5,2)")
     args = p.parse_args(argv)
+    from sparseseg.robustness import parse_gains
+
     try:
-        gains = [float(g) for g in args.gains.split(",")] if args.gains else []
-    except ValueError:
-        p.error(f"--gains: expected numbers separated by commas, got {args.gains!r}")
-    if any(g <= 0 for g in gains):
-        p.error(f"--gains: every gain must be > 0, got {args.gains!r}")
+        gains = parse_gains(args.gains)
+    except ValueError as e:
+        p.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
 

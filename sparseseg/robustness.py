@@ -37,6 +37,20 @@ CONDITIONS_3D: list[tuple[str, dict[str, Any]]] = [
 """3D volumes have no wire-plane effects: only the energy scale changes."""
 
 
+def parse_gains(text: str | None, option: str = "--gains") -> list[float]:
+    """``"0.5,2"`` -> [0.5, 2.0] (None or "" -> []); a ValueError with the message a command
+    line prints otherwise."""
+    if not text:
+        return []
+    try:
+        gains = [float(g) for g in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{option}: expected numbers separated by commas, got {text!r}") from None
+    if any(not g > 0 for g in gains):
+        raise ValueError(f"{option}: every gain must be > 0, got {text!r}")
+    return gains
+
+
 def conditions_for(preset: str, change: dict[str, Any]):
     """The preset's nominal :class:`Conditions` with ``change`` applied (``dead_fraction_add``
     adds to the preset's dead-wire fraction)."""
