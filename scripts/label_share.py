@@ -20,7 +20,6 @@ import argparse
 import numpy as np
 
 BINS = (0.0, 0.1, 0.25, 0.5, 0.8, 1.0 + 1e-9)
-TRACK = np.array([1, 1, 0, 0, 0])  # HIP and MIP are track, the rest shower
 
 
 class ShareRecorder:
@@ -48,14 +47,6 @@ class ShareRecorder:
         self.render.accumulate_pixels = self.orig
 
 
-def _linear(ev) -> np.ndarray:
-    c = ev.coords.astype(np.int64)
-    out = c[:, 0]
-    for k in range(1, c.shape[1]):
-        out = out * ev.shape[k] + c[:, k]
-    return out
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True)
@@ -66,7 +57,9 @@ def main(argv=None) -> int:
 
     import torch
 
+    from sparseseg.classes import to_track_shower
     from sparseseg.infer import Predictor
+    from sparseseg.metrics import track_shower_matrix
     from sparseseg.simulate import render
     from sparseseg.simulate.generator import simulate_interaction
 
@@ -79,22 +72,23 @@ def main(argv=None) -> int:
             rec.images.clear()
             events = simulate_interaction(args.preset, args.seed, i)
             for ev, (p_cls, _), (pix, share, major, plab) in zip(events, pred.predict(events), rec.images):
-                at = np.minimum(np.searchsorted(pix, _linear(ev)), pix.size - 1)
+                lin = np.ravel_multi_index(tuple(ev.coords.T.astype(np.int64)), ev.shape)
+                at = np.minimum(np.searchsorted(pix, lin), pix.size - 1)
                 y = ev.labels.astype(np.int64)
-                ok = (pix[at] == _linear(ev)) & (y < 5)
+                ok = (pix[at] == lin) & (y < 5)
                 y, yp, at = y[ok], p_cls[ok].astype(np.int64), at[ok]
                 folded = plab[at].astype(np.int64) != y  # relabelled by the visible rule: its own class
                 sh = np.where(folded, 1.0, share[at])
                 b = np.digitize(sh, BINS) - 1
                 np.add.at(count, b, 1)
                 np.add.at(err, b, yp != y)
-                np.add.at(ts_err, b, TRACK[yp] != TRACK[y])
+                np.add.at(ts_err, b, to_track_shower(yp) != to_track_shower(y))
                 np.add.at(conf, (y, yp), 1)
                 np.add.at(conf_major, (np.where(folded, y, major[at]), yp), 1)
     total = count.sum()
 
     def ts_acc(cm):
-        return sum(cm[a, b] for a in range(5) for b in range(5) if TRACK[a] == TRACK[b]) / cm.sum()
+        return np.trace(track_shower_matrix(cm)) / cm.sum()
 
     print(f"{args.n} {args.preset} interactions (seed {args.seed}), {int(total):,} labelled pixels, {args.weights}")
     print(f"accuracy {np.trace(conf) / total:.4f}, track/shower {ts_acc(conf):.4f} (priority labels); against "

@@ -127,11 +127,10 @@ def main(argv=None) -> int:
         gain_rows.append(row)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from sparseseg.registry import shipped_for
+    from sparseseg.registry import WEIGHTS_DIR
 
     def name(path) -> str:  # shipped files by their place in the package, others as given
-        return f"weights/{Path(path).name}" if shipped_for(path) or Path(path).resolve().parent == \
-            Path(shipped_classifier_path()).resolve().parent else str(path)
+        return f"weights/{Path(path).name}" if Path(path).resolve().parent == WEIGHTS_DIR.resolve() else str(path)
 
     metrics = {"n": args.n, "seed": args.seed, "tune_n": args.tune_n, "classifier_weights": name(weights),
                "segmentation_weights": name(seg_path), "cvn_weights": name(cvn_path), **rows, "gains": gain_rows}

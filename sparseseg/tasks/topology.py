@@ -72,6 +72,7 @@ def _components(coords: np.ndarray, shape, mask: np.ndarray) -> np.ndarray:
 def view_features(event, pred: np.ndarray) -> np.ndarray:
     """The :data:`VIEW_FEATURES` (float64) of one 2D view and its predicted classes (N,)."""
     from ..calibration import mip_scale
+    from ..classes import TRACK, to_track_shower
 
     pred = np.asarray(pred).astype(np.int64)
     if event.ndim != 2 or len(pred) != len(event):
@@ -87,7 +88,7 @@ def view_features(event, pred: np.ndarray) -> np.ndarray:
     charge = event.features[:, 0] / max(mip_scale(event.features[:, 0]), 1.0)
     coords = event.coords.astype(np.int64)
     dist = np.linalg.norm(coords - np.asarray(event.vertices[0], np.float64), axis=1)
-    track = pred <= 1
+    track = to_track_shower(pred) == TRACK
     comp = _components(coords, event.shape, track)
     for c in np.unique(comp[track & (dist < VERTEX_RADIUS)]):
         m = comp == c
