@@ -1,16 +1,18 @@
 """Fit and score the event classifier that reads the segmentation (`sparseseg.tasks.topology`):
 topology features of the three views from the 2D sparse UResNet, plus the CVN's probabilities,
-combined by a logistic regression (nu_mu CC / nu_e CC / NC).
+combined by boosted decision trees (nu_mu CC / nu_e CC / NC).
 
-    python scripts/topology_classifier.py --fit 3000 --out weights/topology.json     # fit, then score
-    python scripts/topology_classifier.py                                            # score the shipped one
+    python scripts/topology_classifier.py --fit 3000 --fit-seed 21,22 --out weights/topology.json  # fit, then score
+    python scripts/topology_classifier.py                                                         # score the shipped one
 
-Fitting simulates ``--fit`` interactions of the crop512 stream ``--fit-seed`` (natural class
-mix, a seed no model was trained, validated or scored on), segments each view with
-``--segmentation`` weights and runs the ``--cvn`` weights on the same views. Scoring uses
-``-n`` held-out interactions (``--seed``, 31337) and picks the nu_e CC cut on ``--tune-n``
-validation interactions (seed 1001) as the lowest with purity >= 0.8, as
-``scripts/cvn_heldout.py`` does, and prints the CVN alone on the same interactions beside it.
+Fitting simulates ``--fit`` interactions of each crop512 stream in ``--fit-seed`` (natural class
+mix, seeds no model was trained, validated or scored on), segments each view with
+``--segmentation`` weights and runs the ``--cvn`` weights on the same views. The nu_e CC cut
+(the lowest P(nu_e CC) with purity >= 0.8) is chosen on 5-fold cross-validated probabilities
+of the fitting interactions and stored in the classifier file. Scoring uses ``-n`` held-out
+interactions (``--seed``, 31337) and prints the CVN alone on the same interactions beside it;
+the CVN's cut is chosen on ``--tune-n`` validation interactions (seed 1001), as
+``scripts/cvn_heldout.py`` does (the validation accuracy of both is printed too).
 Feature tables are cached under ``--cache`` (keyed by the weights' sha256), so a refit or a
 rescore does not simulate again. Writes ``metrics.json`` and ``confusion.png`` to ``--out-dir``.
 ``--gains 0.5,2`` re-simulates the held-out interactions with the detector gain multiplied by
@@ -51,7 +53,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", help="classifier to score (JSON; default: the shipped weights/topology.json)")
     p.add_argument("--fit", type=int, default=0, metavar="N", help="fit on N interactions first")
-    p.add_argument("--fit-seed", type=int, default=21)
+    p.add_argument("--fit-seed", default="21", metavar="S1,S2,...",
+                   help="stream seed(s) of the fitting interactions, --fit of each (default 21)")
+    p.add_argument("--model", default="trees", choices=("trees", "logistic"),
+                   help="boosted decision trees (default) or a logistic regression")
     p.add_argument("--c", type=float, default=0.1, help="inverse L2 strength of the logistic regression")
     p.add_argument("--out", help="with --fit: the classifier file to write")
     p.add_argument("--segmentation", default=None, help="2D segmentation weights (default: the shipped ones)")
@@ -73,6 +78,13 @@ def main(argv=None) -> int:
         p.error(str(e))
     if args.fit and not args.out:
         p.error("--fit needs --out (where to write the classifier)")
+    try:
+        fit_seeds = [int(v) for v in args.fit_seed.split(",")]
+    except ValueError:
+        p.error(f"--fit-seed: expected integers separated by commas, got {args.fit_seed!r}")
+    if len(set(fit_seeds)) != len(fit_seeds) or {1001, args.seed} & set(fit_seeds):
+        p.error(f"--fit-seed: the seeds must differ from each other, from the validation seed 1001 and from "
+                f"the held-out --seed {args.seed}, got {args.fit_seed!r}")
 
     import torch
 
@@ -81,11 +93,12 @@ def main(argv=None) -> int:
     from sparseseg.checkpoint import load_model
     from sparseseg.classes import CVN_CLASSES
     from sparseseg.infer import Predictor
-    from sparseseg.metrics import classification_table
+    from sparseseg.metrics import binary_scores, classification_table
     from sparseseg.plots import confusion_heatmap
     from sparseseg.registry import get, sha256
     from sparseseg.tasks.cvn import nue_selection
-    from sparseseg.tasks.topology import TopologyClassifier, fit, shipped_classifier_path
+    from sparseseg.metrics import cut_for_purity
+    from sparseseg.tasks.topology import TopologyClassifier, cross_validated, fit, shipped_classifier_path
 
     seg_path = Path(args.segmentation) if args.segmentation else get("uresnet2d").path
     cvn_path = Path(args.cvn) if args.cvn else get("cvn").path
@@ -95,14 +108,21 @@ def main(argv=None) -> int:
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     if args.fit:
-        x, y = cached_table(cache, args.fit, args.fit_seed, predictor, cvn_model, key)
+        tables = [cached_table(cache, args.fit, s, predictor, cvn_model, key) for s in fit_seeds]
+        x, y = np.vstack([t[0] for t in tables]), np.concatenate([t[1] for t in tables])
         from sparseseg.simulate import SIMULATOR_VERSION
 
-        clf = fit(x, y, c=args.c, info={"fit_interactions": args.fit, "fit_seed": args.fit_seed, "preset": "crop512",
-                                        "simulator": SIMULATOR_VERSION,
-                                        "segmentation_sha256": sha256(seg_path), "cvn_sha256": sha256(cvn_path)})
+        nue = CVN_CLASSES.index("nu_e CC")
+        cv = cross_validated(x, y, args.model, args.c)
+        cut = cut_for_purity(cv[:, nue], y == nue, MIN_PURITY)
+        clf = fit(x, y, args.model, args.c, info={
+            "fit_interactions": len(y), "fit_seeds": fit_seeds, "preset": "crop512", "simulator": SIMULATOR_VERSION,
+            "segmentation_sha256": sha256(seg_path), "cvn_sha256": sha256(cvn_path),
+            "cv_accuracy": float((cv.argmax(1) == y).mean()), "nue_cut": cut,
+            "nue_cut_rule": f"lowest P(nu_e CC) with purity >= {MIN_PURITY} in 5-fold cross-validation on the fitting rows"})
         clf.save(args.out)
-        print(f"wrote {args.out}: logistic regression on {args.fit} interactions (seed {args.fit_seed}), C = {args.c}")
+        print(f"wrote {args.out}: {args.model} on {len(y)} interactions (seeds {args.fit_seed}); 5-fold cross-validated "
+              f"accuracy {clf.info['cv_accuracy']:.3f}, nu_e CC cut {cut}")
         weights = args.out
     else:
         weights = args.weights or shipped_classifier_path()
@@ -115,7 +135,15 @@ def main(argv=None) -> int:
     for name, ph, pt in (("cvn", np.exp(xh[:, cvn_cols]), np.exp(xt[:, cvn_cols])),
                          ("topology", clf.probabilities(xh), clf.probabilities(xt))):
         table = classification_table(yh, ph.argmax(1), ncls, list(CVN_CLASSES))
-        table["nue_selection"] = nue_selection(pt, yt, ph, yh, MIN_PURITY)
+        table["validation_accuracy"] = float((pt.argmax(1) == yt).mean())
+        stored = clf.info.get("nue_cut") if name == "topology" else None
+        if stored is None:  # the cut from the validation interactions
+            table["nue_selection"] = dict(nue_selection(pt, yt, ph, yh, MIN_PURITY), chosen_on="validation")
+        else:  # the classifier's own cut, from cross-validation on its fitting interactions
+            nue = CVN_CLASSES.index("nu_e CC")
+            s = binary_scores(yh == nue, ph[:, nue] >= stored)
+            table["nue_selection"] = {"cut": stored, "efficiency": s["efficiency"], "purity": s["purity"],
+                                      "chosen_on": "cross-validation"}
         rows[name] = table
     gain_rows = []
     for g in gains:  # the same interactions under another detector gain; the nu_e cut stays the nominal one
@@ -124,6 +152,11 @@ def main(argv=None) -> int:
         for name, pg in (("cvn", np.exp(xg[:, cvn_cols])), ("topology", clf.probabilities(xg))):
             t = classification_table(yg, pg.argmax(1), ncls, list(CVN_CLASSES))
             row[name] = {"accuracy": t["accuracy"], "efficiency": dict(zip(CVN_CLASSES, t["efficiency"]))}
+            cut = rows[name]["nue_selection"]["cut"]  # the nominal cut
+            if cut is not None:
+                nue = CVN_CLASSES.index("nu_e CC")
+                sel = binary_scores(yg == nue, pg[:, nue] >= cut)
+                row[name]["nue_selection"] = {"cut": cut, "efficiency": sel["efficiency"], "purity": sel["purity"]}
         gain_rows.append(row)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,22 +170,28 @@ def main(argv=None) -> int:
     write_text(out / "metrics.json", json.dumps(metrics, indent=1, default=float) + "\n")
     confusion_heatmap(np.array(rows["topology"]["confusion"]), str(out / "confusion.png"), list(CVN_CLASSES),
                       title=f"segmentation + CVN, {args.n} held-out interactions", unit="interactions")
-    print(f"{args.n} held-out interactions (crop512, seed {args.seed}); nu_e CC cut chosen on {args.tune_n} "
-          f"validation interactions (seed 1001) for purity >= {MIN_PURITY}")
-    print("| classifier | accuracy | " + " | ".join(f"{c} eff / pur" for c in CVN_CLASSES) + " | nu_e CC selection eff / pur |")
-    print("|---|---:|" + "---|" * (ncls + 1))
+    print(f"{args.n} held-out interactions (crop512, seed {args.seed}); nu_e CC selection: P(nu_e CC) >= the cut "
+          f"chosen for purity >= {MIN_PURITY} (on the cross-validated fitting interactions when the classifier "
+          f"stores one, else on {args.tune_n} validation interactions, seed 1001)")
+    print("| classifier | accuracy | validation accuracy | " + " | ".join(f"{c} eff / pur" for c in CVN_CLASSES)
+          + " | nu_e CC selection eff / pur (cut, chosen on) |")
+    print("|---|---:|---:|" + "---|" * (ncls + 1))
     for name, t in rows.items():
         label = "CVN alone" if name == "cvn" else "segmentation + CVN"
         cells = " | ".join(f"{e:.3f} / {q:.3f}" for e, q in zip(t["efficiency"], t["purity"]))
         s = t["nue_selection"]
-        print(f"| {label} | {t['accuracy']:.3f} | {cells} | {s['efficiency']:.3f} / {s['purity']:.3f} |")
+        cut = "none" if s["cut"] is None else f"{s['cut']:.3f}"
+        print(f"| {label} | {t['accuracy']:.3f} | {t['validation_accuracy']:.3f} | {cells} | "
+              f"{s['efficiency']:.3f} / {s['purity']:.3f} ({cut}, {s['chosen_on']}) |")
     if gain_rows:
         print("\n| detector gain | CVN alone accuracy | segmentation + CVN accuracy | " +
-              " | ".join(f"{c} eff" for c in CVN_CLASSES) + " |")
-        print("|---:|---:|---:|" + "---:|" * ncls)
+              " | ".join(f"{c} eff" for c in CVN_CLASSES) + " | nu_e CC selection eff / pur (nominal cut) |")
+        print("|---:|---:|---:|" + "---:|" * ncls + "---|")
         for r in gain_rows:
             eff = " | ".join(f"{r['topology']['efficiency'][c]:.3f}" for c in CVN_CLASSES)
-            print(f"| x{r['gain']:g} | {r['cvn']['accuracy']:.3f} | {r['topology']['accuracy']:.3f} | {eff} |")
+            sel = r["topology"].get("nue_selection")
+            sel = "-" if sel is None else f"{sel['efficiency']:.3f} / {sel['purity']:.3f}"
+            print(f"| x{r['gain']:g} | {r['cvn']['accuracy']:.3f} | {r['topology']['accuracy']:.3f} | {eff} | {sel} |")
     return 0
 
 

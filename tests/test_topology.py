@@ -6,7 +6,8 @@ import pytest
 
 from sparseseg import Event
 from sparseseg.calibration import mip_scale
-from sparseseg.tasks.topology import (FEATURE_NAMES, VIEW_FEATURES, TopologyClassifier, fit, interaction_features,
+from sparseseg.tasks.topology import (FEATURE_NAMES, SUMMARY_FEATURES, TREE_DEFAULTS, VIEW_FEATURES,
+                                      TopologyClassifier, cross_validated, fit, interaction_features, summary_features,
                                       view_features)
 
 
@@ -57,27 +58,88 @@ def test_interaction_features_and_errors():
         view_features(ev, cls[:3])
 
 
-def test_classifier_learns_round_trips_and_refuses_other_files(tmp_path):
-    rng = np.random.default_rng(0)
-    y = np.repeat([0, 1, 2], 60)
-    x = rng.normal(size=(180, len(FEATURE_NAMES)))
+def test_summary_features_by_hand():
+    ev, cls = _view()
+    f = view_features(ev, cls)
+    no_shower = f.copy()
+    no_shower[7:14] = [0, -1, -1, 0, -1, -1, 0]  # a view that sees no shower
+    no_shower[2] = 0
+    longer = f.copy()
+    longer[5] = 50.0
+    x = np.concatenate([f, no_shower, longer, np.log([0.7, 0.2, 0.1])])
+    s = dict(zip(SUMMARY_FEATURES, summary_features(x[None])[0]))
+    assert (s["track_length_max"], s["track_length_median"]) == (50.0, 20.0)
+    # the shower's gap and start charge over the two views that see it
+    assert s["shower1_gap_min"] == s["shower1_gap_median"] == pytest.approx(np.sqrt(401))
+    assert s["shower1_start_charge_min"] == pytest.approx((2 * 150 + 6 * 120) / 8 / 60)
+    assert (s["shower2_pixels_max"], s["shower2_gap_median"], s["n_showers_max"], s["n_showers_median"]) == (0, -1, 1, 1)
+    # fractions of the 90 pixels (25 shower + 4 delta shower-like, 61 MIP), the middle view 65 pixels, 4 shower-like
+    assert s["shower_fraction"] == pytest.approx((29 / 90 * 2 + 4 / 65) / 3)
+    assert s["track_fraction"] == pytest.approx((61 / 90 * 2 + 61 / 65) / 3)
+    assert s["hip_fraction"] == 0.0 and s["shower1_fraction"] == pytest.approx(25 / 90 * 2 / 3)
+    nothing = np.zeros(len(FEATURE_NAMES))
+    nothing[[8, 9, 11, 12, 22, 23, 25, 26, 36, 37, 39, 40]] = -1  # three empty views
+    assert summary_features(nothing)[0].tolist() == [0, 0, -1, -1, -1, -1, 0, 0, -1, 0, 0, 0, 0, 0, 0]
+
+
+def _toy_rows(n_per_class=60, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1, 2], n_per_class)
+    x = rng.normal(size=(3 * n_per_class, len(FEATURE_NAMES)))
     x[:, 5] += 4.0 * (y == 0)  # a long track from the vertex: nu_mu CC
     x[:, 9] -= 3.0 * (y == 1)  # a low start charge: nu_e CC
-    clf = fit(x, y, c=1.0, info={"note": "test"})
+    return x, y
+
+
+@pytest.mark.parametrize("model", ["trees", "logistic"])
+def test_classifier_learns_round_trips_and_refuses_other_files(tmp_path, model):
+    x, y = _toy_rows()
+    clf = fit(x, y, model, c=1.0, info={"note": "test"})
     p = clf.probabilities(x)
     assert p.shape == (180, 3) and np.allclose(p.sum(1), 1.0)
     assert (p.argmax(1) == y).mean() > 0.9
     path = clf.save(tmp_path / "topology.json")
     back = TopologyClassifier.load(path)
-    assert np.array_equal(back.probabilities(x), p) and back.info == {"note": "test", "c": 1.0, "n": 180}
+    assert np.array_equal(back.probabilities(x), p)
+    hyper = {"c": 1.0} if model == "logistic" else dict(TREE_DEFAULTS, seed=0)
+    assert back.info == {"note": "test", "model": model, "n": 180, **hyper}
     with pytest.raises(ValueError, match=f"expected {len(FEATURE_NAMES)} features per row, got 3"):
         back.probabilities(np.zeros((1, 3)))
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="not a topology classifier file \\(format 'something else'"):
         TopologyClassifier.load(other)
+    d = json.loads(path.read_text())
+    other.write_text(json.dumps(dict(d, model="forest")))
+    with pytest.raises(ValueError, match="unknown model 'forest', expected one of \\('trees', 'logistic'\\)"):
+        TopologyClassifier.load(other)
     with pytest.raises(ValueError, match="every class must occur in the training rows, got classes \\[0, 1\\]"):
-        fit(x[:120], y[:120])
+        fit(x[:120], y[:120], model)
+
+
+def test_stored_trees_are_the_fitted_ensemble():
+    """The node arrays in the file reproduce scikit-learn's own probabilities."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    from sparseseg.tasks.topology import _inputs
+
+    x, y = _toy_rows(40, seed=1)
+    clf = fit(x, y, "trees", seed=3)
+    xt, _ = _toy_rows(20, seed=2)
+    z = (_inputs(x) - clf.mean) / clf.std
+    ref = GradientBoostingClassifier(random_state=3, **TREE_DEFAULTS).fit(z, y)
+    expected = ref.predict_proba((_inputs(xt) - clf.mean) / clf.std)
+    assert np.abs(clf.probabilities(xt) - expected).max() < 1e-12
+    assert len(clf.params["trees"]) == TREE_DEFAULTS["n_estimators"] and len(clf.params["trees"][0]) == 3
+
+
+def test_cross_validated_probabilities_come_from_other_folds():
+    x, y = _toy_rows(10)
+    p = cross_validated(x, y, "logistic", c=1.0)
+    assert p.shape == (30, 3) and np.allclose(p.sum(1), 1.0)
+    assert not np.allclose(p, fit(x, y, "logistic", c=1.0).probabilities(x))  # not the full fit's
+    with pytest.raises(ValueError, match=r"every class needs at least 2 rows, got \[10, 1, 10\]"):
+        cross_validated(np.vstack([x[:10], x[10:11], x[20:]]), np.r_[y[:10], y[10:11], y[20:]], "logistic")
 
 
 def test_script_fits_scores_and_reuses_its_tables(tmp_path, capsys):
@@ -85,7 +147,7 @@ def test_script_fits_scores_and_reuses_its_tables(tmp_path, capsys):
 
     script = load_script("topology_classifier")
     out = tmp_path / "topology.json"
-    args = ["--fit", "24", "--out", str(out), "-n", "6", "--tune-n", "6", "--cache", str(tmp_path / "cache"),
+    args = ["--fit", "20", "--fit-seed", "21,22", "--model", "logistic", "--out", str(out), "-n", "6", "--tune-n", "6", "--cache", str(tmp_path / "cache"),
             "--out-dir", str(tmp_path / "heldout"), "--gains", "2"]
     assert script.main(args) == 0
     m = json.loads((tmp_path / "heldout" / "metrics.json").read_text())
@@ -95,8 +157,11 @@ def test_script_fits_scores_and_reuses_its_tables(tmp_path, capsys):
     for name in ("cvn", "topology"):
         cm = np.array(m[name]["confusion"])
         assert cm.sum() == 6 and m[name]["accuracy"] == pytest.approx(np.trace(cm) / 6)
-    assert TopologyClassifier.load(out).info["fit_interactions"] == 24
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == 4  # fit, validation, held-out, held-out at gain 2
+    info = TopologyClassifier.load(out).info
+    assert info["fit_interactions"] == 40 and info["fit_seeds"] == [21, 22] and info["model"] == "logistic"
+    assert m["topology"]["nue_selection"]["chosen_on"] == ("validation" if info["nue_cut"] is None else "cross-validation")
+    assert m["cvn"]["nue_selection"]["chosen_on"] == "validation"
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 5  # 2 x fit, validation, held-out, held-out at gain 2
     # rescoring reads the cached tables: same figures
     assert script.main(["--weights", str(out), "-n", "6", "--tune-n", "6", "--cache", str(tmp_path / "cache"),
                         "--out-dir", str(tmp_path / "again")]) == 0
@@ -110,18 +175,24 @@ def test_shipped_classifier_was_fitted_on_the_shipped_models():
     from sparseseg.tasks.topology import shipped_classifier_path
 
     clf = TopologyClassifier.load(shipped_classifier_path())
-    refit = "refit it: python scripts/topology_classifier.py --fit 3000 --out sparseseg/weights/topology.json"
+    refit = "refit it: python scripts/topology_classifier.py --fit 3000 --fit-seed 21,22 --out sparseseg/weights/topology.json"
     assert clf.info["segmentation_sha256"] == registry.get("uresnet2d").sha256, refit
     assert clf.info["cvn_sha256"] == registry.get("cvn").sha256, refit
-    assert clf.info["fit_interactions"] == 3000 and clf.info["simulator"] == "0.5"
+    assert clf.info["fit_interactions"] == 6000 and clf.info["fit_seeds"] == [21, 22] and clf.info["simulator"] == "0.5"
+    assert clf.model == "trees" and 0.3 < clf.info["nue_cut"] < 0.9
     assert shipped_classifier_path().with_suffix(".md").exists()
 
 
-@pytest.mark.parametrize("gains,message", [("0.5,x", "--gains: expected numbers separated by commas, got '0.5,x'"),
-                                           ("0,2", "--gains: every gain must be > 0, got '0,2'")])
-def test_script_refuses_bad_gains(gains, message, capsys):
+@pytest.mark.parametrize("args,message", [
+    (["--gains", "0.5,x"], "--gains: expected numbers separated by commas, got '0.5,x'"),
+    (["--gains", "0,2"], "--gains: every gain must be > 0, got '0,2'"),
+    (["--fit-seed", "21,a"], "--fit-seed: expected integers separated by commas, got '21,a'"),
+    (["--fit-seed", "21,1001"], "--fit-seed: the seeds must differ from each other, from the validation seed 1001"),
+    (["--fit-seed", "21,21"], "--fit-seed: the seeds must differ from each other"),
+])
+def test_script_refuses_bad_arguments(args, message, capsys):
     from conftest import load_script
 
     with pytest.raises(SystemExit) as e:
-        load_script("topology_classifier").main(["--gains", gains])
+        load_script("topology_classifier").main(args)
     assert e.value.code == 2 and message in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Event classification that reads the segmentation: topology features of each view, taken from
-the sparse UResNet's pixel classes, combined with the CVN's probabilities by a logistic
-regression (nu_mu CC / nu_e CC / NC).
+the sparse UResNet's pixel classes, combined with the CVN's probabilities by boosted decision
+trees (nu_mu CC / nu_e CC / NC).
 
 What the CVN has to learn from raw charge, the segmentation states pixel by pixel: a long
 track leaving the vertex (the muon of a nu_mu CC), a shower that starts at the vertex with the
@@ -17,10 +17,16 @@ electron pair (the photons of a pi0 in NC). Per view (:data:`VIEW_FEATURES`):
   ones read 0, -1, -1;
 - the number of such shower-like components.
 
+A particle is seen in all three views, so the classifier also reads what the views agree on
+(:data:`SUMMARY_FEATURES`, computed from the rows by :func:`summary_features`): the longest
+track and the closest shower over the views, medians over the views that see a shower, and
+pixel fractions.
+
 The vertex comes with each view (``Event.vertices[0]``: the simulation's truth, or a
 reconstructed vertex), as the CVN's views are centred on it. The classifier is stored as JSON
-(feature names, standardisation, coefficients, training provenance): no pickled objects, and
-another framework can apply it from the file alone.
+(feature names, standardisation, then either the trees' node arrays or a logistic regression's
+coefficients, and the provenance): no pickled objects, and another framework can apply it from
+the file alone (:meth:`TopologyClassifier.probabilities` is the whole recipe).
 """
 from __future__ import annotations
 
@@ -45,7 +51,15 @@ VIEW_FEATURES = ("n_hip", "n_mip", "n_shower", "n_delta", "n_michel", "track_len
 PLANE_NAMES = ("U", "V", "Y")
 FEATURE_NAMES = tuple(f"{p}_{f}" for p in PLANE_NAMES for f in VIEW_FEATURES) + tuple(
     f"cvn_log_p_{c.replace(' ', '_')}" for c in CVN_CLASSES)
-FORMAT = "sparseseg-topology-classifier/1"
+SUMMARY_FEATURES = ("track_length_max", "track_length_median", "shower1_gap_min", "shower1_gap_median",
+                    "shower1_start_charge_min", "shower1_start_charge_median", "shower2_pixels_max",
+                    "shower2_pixels_median", "shower2_gap_median", "n_showers_max", "n_showers_median",
+                    "shower_fraction", "track_fraction", "hip_fraction", "shower1_fraction")
+"""Over the three views: max / median of a feature; min / median of a shower's gap and start
+charge over the views where that shower exists (-1 when none has it); fractions of all pixels
+(predicted shower-like, track, HIP, in the largest shower), averaged over the views."""
+FORMAT = "sparseseg-topology-classifier/2"
+MODELS = ("trees", "logistic")
 
 
 def shipped_classifier_path() -> Path:
@@ -122,44 +136,120 @@ def interaction_features(views: Sequence, preds: Sequence[np.ndarray], cvn_probs
     return np.concatenate([*(view_features(v, q) for v, q in zip(views, preds)), np.log(np.maximum(p, 1e-6))])
 
 
+def summary_features(x: np.ndarray) -> np.ndarray:
+    """:data:`SUMMARY_FEATURES` (n, S) of feature rows ``x`` (n, :data:`FEATURE_NAMES`)."""
+    x = np.atleast_2d(np.asarray(x, np.float64))
+    v = x[:, :len(PLANE_NAMES) * len(VIEW_FEATURES)].reshape(len(x), len(PLANE_NAMES), len(VIEW_FEATURES))
+    col = {name: v[:, :, i] for i, name in enumerate(VIEW_FEATURES)}
+
+    def over_present(name, gap, reduce):  # views where the shower exists (gap >= 0); -1 if none
+        present = col[gap] >= 0
+        vals = np.where(present, col[name], np.nan)
+        out = np.full(len(x), -1.0)
+        any_ = present.any(1)
+        if any_.any():
+            out[any_] = reduce(vals[any_], axis=1)
+        return out
+
+    total = v[:, :, :5].sum(2)
+    frac = lambda a: (a / np.maximum(total, 1.0)).mean(1)  # noqa: E731
+    return np.column_stack([
+        col["track_length"].max(1), np.median(col["track_length"], 1),
+        over_present("shower1_gap", "shower1_gap", np.nanmin), over_present("shower1_gap", "shower1_gap", np.nanmedian),
+        over_present("shower1_start_charge", "shower1_gap", np.nanmin),
+        over_present("shower1_start_charge", "shower1_gap", np.nanmedian),
+        col["shower2_pixels"].max(1), np.median(col["shower2_pixels"], 1),
+        over_present("shower2_gap", "shower2_gap", np.nanmedian),
+        col["n_showers"].max(1), np.median(col["n_showers"], 1),
+        frac(col["n_shower"] + col["n_delta"] + col["n_michel"]), frac(col["n_hip"] + col["n_mip"]),
+        frac(col["n_hip"]), frac(col["shower1_pixels"])])
+
+
 def _transform(x: np.ndarray) -> np.ndarray:
     """Signed log(1 + |x|) of the counts, lengths and charges (the CVN log-probabilities pass
     through it too; it is monotonic)."""
     return np.sign(x) * np.log1p(np.abs(x))
 
 
+def _inputs(x: np.ndarray) -> np.ndarray:
+    """The classifier's inputs before standardisation: the rows and their summary, log-compressed."""
+    x = np.atleast_2d(np.asarray(x, np.float64))
+    return _transform(np.hstack([x, summary_features(x)]))
+
+
+def _tree_sum(trees: list[dict], z: np.ndarray) -> np.ndarray:
+    """Sum over ``trees`` of each row's leaf value. A node with ``left`` < 0 is a leaf; a row goes
+    left when its feature (as float32, as the trees were grown) is <= the node's threshold."""
+    z = np.asarray(z, np.float32)
+    rows = np.arange(len(z))
+    total = np.zeros(len(z))
+    for t in trees:
+        node = np.zeros(len(z), np.int64)
+        while True:
+            inner = t["left"][node] >= 0
+            if not inner.any():
+                break
+            go_left = z[rows, np.where(inner, t["feature"][node], 0)] <= t["threshold"][node]
+            node = np.where(inner, np.where(go_left, t["left"][node], t["right"][node]), node)
+        total += t["value"][node]
+    return total
+
+
 @dataclass
 class TopologyClassifier:
-    """Standardised, log-compressed features -> multinomial logistic regression."""
+    """Log-compressed, standardised features and their summary -> boosted decision trees
+    (``model`` "trees": ``params`` holds ``init`` (3,), ``learning_rate`` and ``trees``, per stage
+    one tree per class, each as node arrays) or a multinomial logistic regression ("logistic":
+    ``coef`` (3, F), ``intercept`` (3,)). The class scores pass through a softmax."""
 
+    model: str
     mean: np.ndarray
     std: np.ndarray
-    coef: np.ndarray  # (3, F)
-    intercept: np.ndarray  # (3,)
+    params: dict
     names: tuple = FEATURE_NAMES
     classes: tuple = tuple(CVN_CLASSES)
     info: dict = field(default_factory=dict)
 
-    def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities (n, 3) of feature rows ``x`` (n, F)."""
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """Class scores (n, 3) before the softmax."""
         x = np.atleast_2d(np.asarray(x, np.float64))
         if x.shape[1] != len(self.names):
             raise ValueError(f"TopologyClassifier: expected {len(self.names)} features per row, got {x.shape[1]}")
-        z = (_transform(x) - self.mean) / self.std @ self.coef.T + self.intercept
+        z = (_inputs(x) - self.mean) / self.std
+        p = self.params
+        if self.model == "logistic":
+            return z @ np.asarray(p["coef"]).T + np.asarray(p["intercept"])
+        out = np.tile(np.asarray(p["init"], np.float64), (len(z), 1))
+        for k in range(out.shape[1]):
+            out[:, k] += p["learning_rate"] * _tree_sum([stage[k] for stage in p["trees"]], z)
+        return out
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (n, 3) of feature rows ``x`` (n, F)."""
+        z = self.scores(x)
         z -= z.max(1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(1, keepdims=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "classes": list(self.classes), "features": list(self.names),
-                "transform": "sign(x) * log(1 + |x|), then (x - mean) / std",
-                "mean": self.mean.tolist(), "std": self.std.tolist(), "coef": self.coef.tolist(),
-                "intercept": self.intercept.tolist(), "info": self.info}
+        def plain(v):
+            if isinstance(v, np.ndarray):
+                return v.tolist()
+            if isinstance(v, dict):
+                return {k: plain(w) for k, w in v.items()}
+            if isinstance(v, list):
+                return [plain(w) for w in v]
+            return v
+
+        return {"format": FORMAT, "model": self.model, "classes": list(self.classes), "features": list(self.names),
+                "summary_features": list(SUMMARY_FEATURES),
+                "transform": "rows plus summary_features, sign(x) * log(1 + |x|), then (x - mean) / std",
+                "mean": self.mean.tolist(), "std": self.std.tolist(), "params": plain(self.params), "info": self.info}
 
     def save(self, path: str | Path) -> Path:
         from ..atomic import write_text
 
-        return write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        return write_text(path, json.dumps(self.to_dict(), separators=(",", ":")) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "TopologyClassifier":
@@ -170,23 +260,77 @@ class TopologyClassifier:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ValueError(f"{path}: not a topology classifier file (format {d.get('format') if isinstance(d, dict) else None!r}, "
                              f"expected {FORMAT!r})")
-        if tuple(d["features"]) != FEATURE_NAMES:
-            raise ValueError(f"{path}: its features differ from this version's ({len(d['features'])} vs {len(FEATURE_NAMES)})")
-        return cls(np.array(d["mean"]), np.array(d["std"]), np.array(d["coef"]), np.array(d["intercept"]),
-                   tuple(d["features"]), tuple(d["classes"]), dict(d.get("info", {})))
+        if tuple(d["features"]) != FEATURE_NAMES or tuple(d["summary_features"]) != SUMMARY_FEATURES:
+            raise ValueError(f"{path}: its features differ from this version's "
+                             f"({len(d['features'])} + {len(d['summary_features'])} vs {len(FEATURE_NAMES)} + {len(SUMMARY_FEATURES)})")
+        if d.get("model") not in MODELS:
+            raise ValueError(f"{path}: unknown model {d.get('model')!r}, expected one of {MODELS}")
+        params = dict(d["params"])
+        if d["model"] == "trees":
+            params["trees"] = [[{k: np.asarray(v, np.float64 if k in ("threshold", "value") else np.int64)
+                                 for k, v in t.items()} for t in stage] for stage in params["trees"]]
+        return cls(d["model"], np.array(d["mean"]), np.array(d["std"]), params, tuple(d["features"]),
+                   tuple(d["classes"]), dict(d.get("info", {})))
 
 
-def fit(x: np.ndarray, y: np.ndarray, c: float = 0.1, info: dict | None = None) -> TopologyClassifier:
-    """Fit the logistic regression (L2, inverse strength ``c``) on feature rows ``x`` and classes ``y``."""
-    from sklearn.linear_model import LogisticRegression
+TREE_DEFAULTS = {"n_estimators": 200, "learning_rate": 0.05, "max_depth": 3, "subsample": 0.8}
+"""Gradient boosting of the shipped classifier (scikit-learn's GradientBoostingClassifier)."""
 
-    t = _transform(np.asarray(x, np.float64))
+
+def _estimator(model: str, c: float, seed: int):
+    if model == "logistic":
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=c, max_iter=5000)
+    if model == "trees":
+        from sklearn.ensemble import GradientBoostingClassifier
+
+        return GradientBoostingClassifier(random_state=seed, **TREE_DEFAULTS)
+    raise ValueError(f"unknown model {model!r}, expected one of {MODELS}")
+
+
+def fit(x: np.ndarray, y: np.ndarray, model: str = "trees", c: float = 0.1, seed: int = 0,
+        info: dict | None = None) -> TopologyClassifier:
+    """Fit the classifier on feature rows ``x`` and classes ``y``: boosted trees
+    (:data:`TREE_DEFAULTS`, random seed ``seed``) or a logistic regression (L2, inverse strength ``c``)."""
+    est = _estimator(model, c, seed)
+    t = _inputs(x)
     mean, std = t.mean(0), t.std(0)
     std = np.where(std > 0, std, 1.0)
-    lr = LogisticRegression(C=c, max_iter=5000).fit((t - mean) / std, np.asarray(y))
-    if list(lr.classes_) != list(range(len(CVN_CLASSES))):
-        raise ValueError(f"fit: every class must occur in the training rows, got classes {lr.classes_.tolist()}")
-    return TopologyClassifier(mean, std, lr.coef_.copy(), lr.intercept_.copy(), info=dict(info or {}, c=c, n=len(y)))
+    z = (t - mean) / std
+    y = np.asarray(y)
+    if sorted(set(y.tolist())) != list(range(len(CVN_CLASSES))):
+        raise ValueError(f"fit: every class must occur in the training rows, got classes {sorted(set(y.tolist()))}")
+    est.fit(z, y)
+    if model == "logistic":
+        params = {"coef": est.coef_.copy(), "intercept": est.intercept_.copy()}
+        hyper = {"c": c}
+    else:
+        trees = [[{"feature": e.tree_.feature.astype(np.int64), "threshold": e.tree_.threshold.astype(np.float64),
+                   "left": e.tree_.children_left.astype(np.int64), "right": e.tree_.children_right.astype(np.int64),
+                   "value": e.tree_.value[:, 0, 0].astype(np.float64)} for e in stage] for stage in est.estimators_]
+        lr = est.learning_rate
+        tree_part = np.stack([lr * _tree_sum([s[k] for s in trees], z[:1]) for k in range(len(CVN_CLASSES))], 1)
+        params = {"init": est.decision_function(z[:1])[0] - tree_part[0], "learning_rate": lr, "trees": trees}
+        hyper = dict(TREE_DEFAULTS, seed=seed)
+    return TopologyClassifier(model, mean, std, params, info=dict(info or {}, model=model, n=len(y), **hyper))
+
+
+def cross_validated(x: np.ndarray, y: np.ndarray, model: str = "trees", c: float = 0.1, seed: int = 0,
+                    folds: int = 5) -> np.ndarray:
+    """Probabilities (n, 3) of each row from a classifier fitted on the other folds (stratified,
+    shuffled with ``seed``; fewer folds when a class has fewer rows): an honest sample to choose cuts on."""
+    from sklearn.model_selection import StratifiedKFold
+
+    x, y = np.asarray(x, np.float64), np.asarray(y)
+    folds = min(folds, int(np.bincount(y, minlength=len(CVN_CLASSES)).min()))
+    if folds < 2:
+        raise ValueError("cross_validated: every class needs at least 2 rows, got "
+                         f"{np.bincount(y, minlength=len(CVN_CLASSES)).tolist()}")
+    out = np.zeros((len(y), len(CVN_CLASSES)))
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+        out[test] = fit(x[train], y[train], model, c, seed).probabilities(x[test])
+    return out
 
 
 def feature_table(n: int, seed: int, predictor, cvn_model, preset: str = "crop512", progress: bool = True,
