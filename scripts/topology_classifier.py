@@ -16,7 +16,9 @@ the CVN's cut is chosen on ``--tune-n`` validation interactions (seed 1001), as
 Feature tables are cached under ``--cache`` (keyed by the weights' sha256), so a refit or a
 rescore does not simulate again. Writes ``metrics.json`` and ``confusion.png`` to ``--out-dir``.
 ``--gains 0.5,2`` re-simulates the held-out interactions with the detector gain multiplied by
-each factor (before noise and threshold) and adds a row each.
+each factor (before noise and threshold) and adds a row each; ``--vertex-smear 2,5`` measures
+their features from a vertex moved by that many pixels (Gaussian sigma: one drift-time shift for
+the three views, a wire shift per view), as a reconstructed vertex would be.
 """
 from __future__ import annotations
 
@@ -29,11 +31,12 @@ import numpy as np
 MIN_PURITY = 0.8
 
 
-def cached_table(cache: Path, n: int, seed: int, predictor, cvn_model, key: str, gain: float = 1.0):
+def cached_table(cache: Path, n: int, seed: int, predictor, cvn_model, key: str, gain: float = 1.0,
+                 vertex_sigma: float = 0.0):
     from sparseseg.atomic import write_atomic
     from sparseseg.tasks.topology import FEATURE_NAMES, feature_table
 
-    tag = "" if gain == 1.0 else f"-gain{gain:g}"
+    tag = ("" if gain == 1.0 else f"-gain{gain:g}") + ("" if vertex_sigma == 0 else f"-vtx{vertex_sigma:g}")
     path = cache / f"crop512-seed{seed}-n{n}{tag}-{key}.npz"
     if path.exists():
         d = np.load(path)
@@ -44,7 +47,7 @@ def cached_table(cache: Path, n: int, seed: int, predictor, cvn_model, key: str,
         from sparseseg.robustness import conditions_for
 
         conditions = conditions_for("crop512", {"gain": gain})
-    x, y = feature_table(n, seed, predictor, cvn_model, conditions=conditions)
+    x, y = feature_table(n, seed, predictor, cvn_model, conditions=conditions, vertex_sigma=vertex_sigma)
     write_atomic(path, lambda f: np.savez(f, x=x, y=y, names=np.array(FEATURE_NAMES)))
     return x, y
 
@@ -69,11 +72,14 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--gains", default=None, metavar="G1,G2,...",
                    help="also score the same held-out interactions at these detector gains (e.g. 0.5,2)")
+    p.add_argument("--vertex-smear", default=None, metavar="S1,S2,...",
+                   help="also score them with the vertex smeared by these sigmas, pixels (e.g. 2,5)")
     args = p.parse_args(argv)
     from sparseseg.robustness import parse_gains
 
     try:
         gains = parse_gains(args.gains)
+        smears = parse_gains(args.vertex_smear, option="--vertex-smear")
     except ValueError as e:
         p.error(str(e))
     if args.fit and not args.out:
@@ -145,19 +151,19 @@ def main(argv=None) -> int:
             table["nue_selection"] = {"cut": stored, "efficiency": s["efficiency"], "purity": s["purity"],
                                       "chosen_on": "cross-validation"}
         rows[name] = table
-    gain_rows = []
-    for g in gains:  # the same interactions under another detector gain; the nu_e cut stays the nominal one
-        xg, yg = cached_table(cache, args.n, args.seed, predictor, cvn_model, key, gain=g)
-        row = {"gain": g}
+    condition_rows = []  # the same interactions under another detector gain or vertex; the nu_e cut stays the nominal one
+    for kind, value in [("gain", g) for g in gains] + [("vertex_sigma", v) for v in smears]:
+        xg, yg = cached_table(cache, args.n, args.seed, predictor, cvn_model, key, **{kind: value})
+        row = {kind: value}
         for name, pg in (("cvn", np.exp(xg[:, cvn_cols])), ("topology", clf.probabilities(xg))):
             t = classification_table(yg, pg.argmax(1), ncls, list(CVN_CLASSES))
             row[name] = {"accuracy": t["accuracy"], "efficiency": dict(zip(CVN_CLASSES, t["efficiency"]))}
-            cut = rows[name]["nue_selection"]["cut"]  # the nominal cut
+            cut = rows[name]["nue_selection"]["cut"]
             if cut is not None:
                 nue = CVN_CLASSES.index("nu_e CC")
                 sel = binary_scores(yg == nue, pg[:, nue] >= cut)
                 row[name]["nue_selection"] = {"cut": cut, "efficiency": sel["efficiency"], "purity": sel["purity"]}
-        gain_rows.append(row)
+        condition_rows.append(row)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     from sparseseg.registry import WEIGHTS_DIR
@@ -166,7 +172,9 @@ def main(argv=None) -> int:
         return f"weights/{Path(path).name}" if Path(path).resolve().parent == WEIGHTS_DIR.resolve() else str(path)
 
     metrics = {"n": args.n, "seed": args.seed, "tune_n": args.tune_n, "classifier_weights": name(weights),
-               "segmentation_weights": name(seg_path), "cvn_weights": name(cvn_path), **rows, "gains": gain_rows}
+               "segmentation_weights": name(seg_path), "cvn_weights": name(cvn_path), **rows,
+               "gains": [r for r in condition_rows if "gain" in r],
+               "vertex_smear": [r for r in condition_rows if "vertex_sigma" in r]}
     write_text(out / "metrics.json", json.dumps(metrics, indent=1, default=float) + "\n")
     confusion_heatmap(np.array(rows["topology"]["confusion"]), str(out / "confusion.png"), list(CVN_CLASSES),
                       title=f"segmentation + CVN, {args.n} held-out interactions", unit="interactions")
@@ -183,15 +191,16 @@ def main(argv=None) -> int:
         cut = "none" if s["cut"] is None else f"{s['cut']:.3f}"
         print(f"| {label} | {t['accuracy']:.3f} | {t['validation_accuracy']:.3f} | {cells} | "
               f"{s['efficiency']:.3f} / {s['purity']:.3f} ({cut}, {s['chosen_on']}) |")
-    if gain_rows:
-        print("\n| detector gain | CVN alone accuracy | segmentation + CVN accuracy | " +
+    if condition_rows:
+        print("\n| condition | CVN alone accuracy | segmentation + CVN accuracy | " +
               " | ".join(f"{c} eff" for c in CVN_CLASSES) + " | nu_e CC selection eff / pur (nominal cut) |")
-        print("|---:|---:|---:|" + "---:|" * ncls + "---|")
-        for r in gain_rows:
+        print("|---|---:|---:|" + "---:|" * ncls + "---|")
+        for r in condition_rows:
+            label = f"gain x{r['gain']:g}" if "gain" in r else f"vertex smeared {r['vertex_sigma']:g} px"
             eff = " | ".join(f"{r['topology']['efficiency'][c]:.3f}" for c in CVN_CLASSES)
             sel = r["topology"].get("nue_selection")
             sel = "-" if sel is None else f"{sel['efficiency']:.3f} / {sel['purity']:.3f}"
-            print(f"| x{r['gain']:g} | {r['cvn']['accuracy']:.3f} | {r['topology']['accuracy']:.3f} | {eff} | {sel} |")
+            print(f"| {label} | {r['cvn']['accuracy']:.3f} | {r['topology']['accuracy']:.3f} | {eff} | {sel} |")
     return 0
 
 

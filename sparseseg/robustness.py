@@ -47,7 +47,7 @@ def parse_gains(text: str | None, option: str = "--gains") -> list[float]:
     except ValueError:
         raise ValueError(f"{option}: expected numbers separated by commas, got {text!r}") from None
     if any(not g > 0 for g in gains):
-        raise ValueError(f"{option}: every gain must be > 0, got {text!r}")
+        raise ValueError(f"{option}: every value must be > 0, got {text!r}")
     return gains
 
 

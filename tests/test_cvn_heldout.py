@@ -38,7 +38,7 @@ def test_heldout_table_and_gain_rows(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("gains,message", [("0.5,x", "--gains: expected numbers separated by commas, got '0.5,x'"),
-                                           ("0,1", "--gains: every gain must be > 0, got '0,1'")])
+                                           ("0,1", "--gains: every value must be > 0, got '0,1'")])
 def test_bad_gains(gains, message, capsys):
     with pytest.raises(SystemExit):
         _script().main(["--weights", "w.pt", "--gains", gains])

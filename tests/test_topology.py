@@ -82,6 +82,21 @@ def test_summary_features_by_hand():
     assert summary_features(nothing)[0].tolist() == [0, 0, -1, -1, -1, -1, 0, 0, -1, 0, 0, 0, 0, 0, 0]
 
 
+def test_smeared_vertices_share_the_drift_shift():
+    from sparseseg.tasks.topology import smear_vertices
+
+    ev, _ = _view()
+    views = [ev, ev, ev]
+    moved = smear_vertices(views, 4.0, np.random.default_rng(0))
+    rows = [m.vertices[0, 0] for m in moved]
+    cols = [m.vertices[0, 1] for m in moved]
+    assert rows[0] == rows[1] == rows[2] != 10.0  # one drift-time shift for the three views
+    assert len(set(cols)) == 3  # a wire shift per view
+    assert ev.vertices[0].tolist() == [10.0, 10.0] and moved[0].coords is ev.coords  # the input is untouched
+    again = smear_vertices(views, 4.0, np.random.default_rng(0))
+    assert [m.vertices.tolist() for m in again] == [m.vertices.tolist() for m in moved]
+
+
 def _toy_rows(n_per_class=60, seed=0):
     rng = np.random.default_rng(seed)
     y = np.repeat([0, 1, 2], n_per_class)
@@ -148,12 +163,15 @@ def test_script_fits_scores_and_reuses_its_tables(tmp_path, capsys):
     script = load_script("topology_classifier")
     out = tmp_path / "topology.json"
     args = ["--fit", "20", "--fit-seed", "21,22", "--model", "logistic", "--out", str(out), "-n", "6", "--tune-n", "6", "--cache", str(tmp_path / "cache"),
-            "--out-dir", str(tmp_path / "heldout"), "--gains", "2"]
+            "--out-dir", str(tmp_path / "heldout"), "--gains", "2", "--vertex-smear", "3"]
     assert script.main(args) == 0
     m = json.loads((tmp_path / "heldout" / "metrics.json").read_text())
     (row,) = m["gains"]
     assert row["gain"] == 2.0 and 0.0 <= row["topology"]["accuracy"] <= 1.0
     assert set(row["cvn"]["efficiency"]) == {"nu_mu CC", "nu_e CC", "NC"}
+    (smeared,) = m["vertex_smear"]
+    assert smeared["vertex_sigma"] == 3.0
+    assert smeared["cvn"]["accuracy"] == pytest.approx(m["cvn"]["accuracy"])  # the CVN's views do not move with it
     for name in ("cvn", "topology"):
         cm = np.array(m[name]["confusion"])
         assert cm.sum() == 6 and m[name]["accuracy"] == pytest.approx(np.trace(cm) / 6)
@@ -161,7 +179,7 @@ def test_script_fits_scores_and_reuses_its_tables(tmp_path, capsys):
     assert info["fit_interactions"] == 40 and info["fit_seeds"] == [21, 22] and info["model"] == "logistic"
     assert m["topology"]["nue_selection"]["chosen_on"] == ("validation" if info["nue_cut"] is None else "cross-validation")
     assert m["cvn"]["nue_selection"]["chosen_on"] == "validation"
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == 5  # 2 x fit, validation, held-out, held-out at gain 2
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 6  # 2 x fit, validation, held-out, at gain 2, smeared
     # rescoring reads the cached tables: same figures
     assert script.main(["--weights", str(out), "-n", "6", "--tune-n", "6", "--cache", str(tmp_path / "cache"),
                         "--out-dir", str(tmp_path / "again")]) == 0
@@ -185,7 +203,8 @@ def test_shipped_classifier_was_fitted_on_the_shipped_models():
 
 @pytest.mark.parametrize("args,message", [
     (["--gains", "0.5,x"], "--gains: expected numbers separated by commas, got '0.5,x'"),
-    (["--gains", "0,2"], "--gains: every gain must be > 0, got '0,2'"),
+    (["--gains", "0,2"], "--gains: every value must be > 0, got '0,2'"),
+    (["--vertex-smear", "-1"], "--vertex-smear: every value must be > 0, got '-1'"),
     (["--fit-seed", "21,a"], "--fit-seed: expected integers separated by commas, got '21,a'"),
     (["--fit-seed", "21,1001"], "--fit-seed: the seeds must differ from each other, from the validation seed 1001"),
     (["--fit-seed", "21,21"], "--fit-seed: the seeds must differ from each other"),

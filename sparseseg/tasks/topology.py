@@ -333,13 +333,30 @@ def cross_validated(x: np.ndarray, y: np.ndarray, model: str = "trees", c: float
     return out
 
 
+def smear_vertices(events, sigma: float, rng: np.random.Generator) -> list:
+    """Copies of one interaction's plane views with the vertex moved as a reconstructed one would
+    be: one drift-time (row) shift shared by the views (the three planes see the same drift) and
+    an independent wire (column) shift per view, each Gaussian with ``sigma`` pixels."""
+    from dataclasses import replace
+
+    drift = rng.normal(0.0, sigma)
+    out = []
+    for ev in events:
+        v = np.array(ev.vertices, np.float32, copy=True)
+        v[0] += np.array([drift, rng.normal(0.0, sigma)], np.float32)
+        out.append(replace(ev, vertices=v))
+    return out
+
+
 def feature_table(n: int, seed: int, predictor, cvn_model, preset: str = "crop512", progress: bool = True,
-                  conditions=None):
+                  conditions=None, vertex_sigma: float = 0.0):
     """Feature rows (n, F) and classes (n,) of the first ``n`` neutrino interactions of the
     simulator stream ``(preset, seed)`` (the interactions :func:`~sparseseg.tasks.cvn.cvn_dataset`
     draws): each interaction's views are segmented by ``predictor`` and classified by ``cvn_model``.
     ``conditions`` (a :class:`~sparseseg.simulate.detector.Conditions`; None: nominal) changes the
-    detector response only, never the interactions."""
+    detector response only, never the interactions. ``vertex_sigma`` > 0 measures the features
+    from a smeared vertex (:func:`smear_vertices`, drawn from ``(seed, index)``); the CVN's views
+    stay centred on the true one."""
     from tqdm import tqdm
 
     from ..simulate import simulate_full
@@ -352,6 +369,8 @@ def feature_table(n: int, seed: int, predictor, cvn_model, preset: str = "crop51
         events, truth = simulate_full(preset, seed, int(index), conditions=conditions)
         preds = [p for p, _ in predictor.predict(events)]
         probs = cvn_probabilities(cvn_model, cvn_views(events)[None])[0]
+        if vertex_sigma > 0:
+            events = smear_vertices(events, vertex_sigma, np.random.default_rng([seed, int(index), 7]))
         x[k] = interaction_features(events, preds, probs)
         y[k] = TOPOLOGY_CLASS[truth.topology]
     return x, y
