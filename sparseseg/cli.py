@@ -607,6 +607,39 @@ def _report(text: str, res: dict, args) -> None:
         print(f"wrote {args.markdown}")
 
 
+def cmd_classify(args) -> None:
+    import csv
+    import io
+
+    from .atomic import write_text
+    from .checkpoint import load_model
+    from .infer import Predictor
+    from .registry import get, sha256
+    from .tasks.topology import TopologyClassifier, classify_file, shipped_classifier_path
+
+    if args.threads:
+        torch_threads(args.threads)
+    weights = args.weights or shipped_classifier_path()
+    clf = TopologyClassifier.load(weights)
+    seg, cvn = get("uresnet2d").path, get("cvn").path
+    for name, path, key in (("2D segmentation", seg, "segmentation_sha256"), ("CVN", cvn, "cvn_sha256")):
+        if clf.info.get(key) not in (None, sha256(path)):
+            raise SystemExit(f"sparseseg classify: {weights} was fitted on the outputs of other {name} weights than the "
+                             f"shipped {path.name}; refit it (scripts/topology_classifier.py --fit)")
+    rows = classify_file(args.input, clf, Predictor(weights=str(seg)), load_model(cvn)[0].eval(), progress=not args.quiet)
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    write_text(args.output, buf.getvalue())
+    counts = {c: sum(r["class"] == c for r in rows) for c in clf.classes}
+    selected = sum(bool(r["nue_selected"]) for r in rows)
+    print(f"{args.input}: {len(rows)} interactions -> {args.output}; predicted "
+          + ", ".join(f"{c} {n}" for c, n in counts.items())
+          + f"; nu_e CC selection (P >= {clf.info.get('nue_cut', float('nan')):.3f}, purity 0.8 on simulation): {selected}")
+
+
 def cmd_robustness(args) -> None:
     from .robustness import format_table, run
 
@@ -826,6 +859,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-bench", action="store_true", help="skip timing each network on a full plane")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress")
     s.set_defaults(func=cmd_roi_eval)
+
+    s = sub.add_parser("classify", help="classify interactions nu_mu CC / nu_e CC / NC from their segmentation and the CVN",
+                       description="For each interaction of a 2D event file (its U, V and Y views share an event id and "
+                                   "carry the interaction vertex): segment the views with the shipped 2D UResNet, run the "
+                                   "CVN, measure the topology features (the track leaving the vertex, the showers' gaps and "
+                                   "start charges, ...) and apply the event classifier (weights/topology.json, its card). "
+                                   "Full MicroBooNE planes are cropped to 512 x 512 around the vertex. Writes one CSV row per "
+                                   "interaction: event_id, the three probabilities, the class, and whether it passes the "
+                                   "nu_e CC selection (purity 0.8 on simulation).")
+    s.add_argument("input", help="2D event file (HDF5) with U, V, Y views and vertices, e.g. from 'sparseseg simulate'")
+    s.add_argument("-o", "--output", default="classes.csv", help="CSV to write (default: classes.csv)")
+    s.add_argument("--weights", help="classifier file (default: the shipped weights/topology.json)")
+    s.add_argument("--threads", type=int, default=0, help="CPU threads, 1 or more (default: 0, torch's choice)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_classify)
 
     s = sub.add_parser("robustness", help="accuracy of a model under other detector conditions (gain, noise, dead wires, threshold)",
                        description="Simulate the same interactions under each detector condition (the physics is identical, "

@@ -215,3 +215,76 @@ def test_script_refuses_bad_arguments(args, message, capsys):
     with pytest.raises(SystemExit) as e:
         load_script("topology_classifier").main(args)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_crop_around_vertex_by_hand():
+    from sparseseg.tasks.topology import crop_around_vertex
+
+    coords = np.array([[100, 1000], [400, 1300], [99, 1000], [700, 3000], [1000, 3400]], np.int32)
+    ev = Event(coords, np.arange(5, dtype=np.float32)[:, None] + 10, (1008, 3456),
+               vertices=np.array([[300.0, 1200.0], [5.0, 5.0]], np.float32))
+    c = crop_around_vertex(ev)  # window rows 44-555, wires 944-1455
+    assert c.shape == (512, 512) and c.coords.tolist() == [[56, 56], [356, 356], [55, 56]]
+    assert c.features[:, 0].tolist() == [10, 11, 12] and c.vertices.tolist() == [[256, 256], [-39, -939]]
+    edge = Event(coords, ev.features, (1008, 3456), vertices=np.array([[1000.0, 3450.0]], np.float32))
+    e = crop_around_vertex(edge)  # moved inside the image: rows 496-1007, wires 2944-3455
+    assert e.coords.tolist() == [[204, 56], [504, 456]] and e.vertices.tolist() == [[504, 506]]
+    small, _ = _view()
+    with pytest.raises(ValueError, match="the view is 40 x 40, smaller than the 512 x 512 the classifier reads"):
+        crop_around_vertex(small)
+    with pytest.raises(ValueError, match=r"has no vertex \(Event.vertices\)"):
+        crop_around_vertex(Event(coords, ev.features, (1008, 3456)))
+
+
+def test_classify_file_matches_the_fitting_features_and_names_bad_files(tmp_path):
+    """The rows of `sparseseg classify` are the classifier's probabilities of the features the
+    fitting tables hold for the same interactions."""
+    import torch
+
+    from sparseseg.checkpoint import load_model
+    from sparseseg.infer import Predictor
+    from sparseseg.io import write_events
+    from sparseseg.registry import get
+    from sparseseg.simulate import simulate_full
+    from sparseseg.tasks.cvn import neutrino_indices
+    from sparseseg.tasks.topology import classify_file, interaction_row, shipped_classifier_path
+
+    torch.set_num_threads(1)
+    clf = TopologyClassifier.load(shipped_classifier_path())
+    predictor = Predictor(weights=str(get("uresnet2d").path))
+    cvn = load_model(get("cvn").path)[0].eval()
+    views = [simulate_full("crop512", 31337, i)[0] for i in neutrino_indices(2, 31337)]
+    write_events(tmp_path / "c.h5", [v for vs in views for v in vs])
+    rows = classify_file(tmp_path / "c.h5", clf, predictor, cvn, progress=False)
+    expected = clf.probabilities(np.stack([interaction_row(vs, predictor, cvn) for vs in views]))
+    assert [r["event_id"] for r in rows] == [vs[0].meta["event_id"] for vs in views]
+    got = np.array([[r["p_nu_mu_CC"], r["p_nu_e_CC"], r["p_NC"]] for r in rows])
+    assert np.allclose(got, expected, atol=1e-12)
+    assert [r["class"] for r in rows] == [clf.classes[k] for k in expected.argmax(1)]
+    assert [r["nue_selected"] for r in rows] == (expected[:, 1] >= clf.info["nue_cut"]).tolist()
+    write_events(tmp_path / "two.h5", views[0][:2])
+    with pytest.raises(ValueError, match=f"event id {views[0][0].meta['event_id']} has planes U x1, V x1; the "
+                                         "classifier needs one view of each of U, V and Y"):
+        classify_file(tmp_path / "two.h5", clf, predictor, cvn, progress=False)
+    write_events(tmp_path / "novtx.h5", [Event(v.coords, v.features, v.shape, meta=v.meta) for v in views[0]])
+    with pytest.raises(ValueError, match="plane U, has no vertex"):
+        classify_file(tmp_path / "novtx.h5", clf, predictor, cvn, progress=False)
+
+
+def test_classify_command_writes_csv_and_refuses_3d_files(tmp_path, capsys):
+    import csv
+
+    from sparseseg.cli import main
+    from sparseseg.io import write_events
+    from sparseseg.simulate import simulate_full
+
+    write_events(tmp_path / "3d.h5", simulate_full("pilarnet", 0, 0)[0])
+    assert main(["classify", str(tmp_path / "3d.h5"), "-o", str(tmp_path / "x.csv"), "--threads", "1", "-q"]) == 2
+    assert "the event classifier reads 2D wire-plane views, the file holds 3D events" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
+    write_events(tmp_path / "u.h5", simulate_full("uboone", 31337, 0)[0])  # full planes: cropped around the vertex
+    assert main(["classify", str(tmp_path / "u.h5"), "-o", str(tmp_path / "u.csv"), "--threads", "1", "-q"]) == 0
+    (row,) = list(csv.DictReader((tmp_path / "u.csv").open()))
+    assert row["event_id"] == "0" and row["class"] in ("nu_mu CC", "nu_e CC", "NC")
+    assert sum(float(row[k]) for k in ("p_nu_mu_CC", "p_nu_e_CC", "p_NC")) == pytest.approx(1.0)
+    assert "u.h5: 1 interactions -> " in capsys.readouterr().out

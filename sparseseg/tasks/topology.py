@@ -348,6 +348,43 @@ def smear_vertices(events, sigma: float, rng: np.random.Generator) -> list:
     return out
 
 
+VIEW_SIZE = 512
+"""Side of the views the classifier was fitted on (preset ``crop512``)."""
+
+
+def crop_around_vertex(event, size: int = VIEW_SIZE):
+    """The ``size`` x ``size`` window of a larger 2D view (a full MicroBooNE plane) centred on its
+    vertex, moved inside the image where the vertex is near an edge; a view of that size is
+    returned as it is. Coordinates and vertices are shifted to the window."""
+    from ..event import Event
+
+    if event.ndim != 2:
+        raise ValueError(f"crop_around_vertex: expected a 2D view, got a {event.ndim}D event")
+    if tuple(event.shape) == (size, size):
+        return event
+    if min(event.shape) < size:
+        raise ValueError(f"crop_around_vertex: the view is {event.shape[0]} x {event.shape[1]}, smaller than the "
+                         f"{size} x {size} the classifier reads")
+    if event.vertices is None or len(event.vertices) == 0:
+        raise ValueError("crop_around_vertex: the event has no vertex (Event.vertices); the window is centred on it")
+    origin = np.array([int(np.clip(np.floor(v) - size // 2, 0, n - size))
+                       for v, n in zip(event.vertices[0], event.shape)], np.int64)
+    keep = np.all((event.coords >= origin) & (event.coords < origin + size), axis=1)
+    sub = event.subset(keep)
+    return Event(sub.coords - origin.astype(sub.coords.dtype), sub.features, (size, size), sub.labels, sub.clusters,
+                 (event.vertices - origin).astype(np.float32), dict(event.meta))
+
+
+def interaction_row(views: Sequence, predictor, cvn_model) -> np.ndarray:
+    """:data:`FEATURE_NAMES` of one interaction's U, V, Y views (:data:`VIEW_SIZE` views with
+    their vertex): segmented by ``predictor``, classified by ``cvn_model``."""
+    from .cvn import cvn_probabilities, cvn_views
+
+    preds = [p for p, _ in predictor.predict(list(views))]
+    probs = cvn_probabilities(cvn_model, cvn_views(views)[None])[0]
+    return interaction_features(views, preds, probs)
+
+
 def feature_table(n: int, seed: int, predictor, cvn_model, preset: str = "crop512", progress: bool = True,
                   conditions=None, vertex_sigma: float = 0.0):
     """Feature rows (n, F) and classes (n,) of the first ``n`` neutrino interactions of the
@@ -360,17 +397,65 @@ def feature_table(n: int, seed: int, predictor, cvn_model, preset: str = "crop51
     from tqdm import tqdm
 
     from ..simulate import simulate_full
-    from .cvn import TOPOLOGY_CLASS, cvn_probabilities, cvn_views, neutrino_indices
+    from .cvn import TOPOLOGY_CLASS, neutrino_indices
 
     x = np.zeros((n, len(FEATURE_NAMES)))
     y = np.zeros(n, np.int64)
     for k, index in enumerate(tqdm(neutrino_indices(n, seed, preset=preset), desc="interactions",
                                    disable=not progress, unit="int")):
         events, truth = simulate_full(preset, seed, int(index), conditions=conditions)
-        preds = [p for p, _ in predictor.predict(events)]
-        probs = cvn_probabilities(cvn_model, cvn_views(events)[None])[0]
-        if vertex_sigma > 0:
+        if vertex_sigma > 0:  # the features see the moved vertex; segmentation and CVN do not use it
             events = smear_vertices(events, vertex_sigma, np.random.default_rng([seed, int(index), 7]))
-        x[k] = interaction_features(events, preds, probs)
+        x[k] = interaction_row(events, predictor, cvn_model)
         y[k] = TOPOLOGY_CLASS[truth.topology]
     return x, y
+
+
+def interactions_in_file(event_file) -> list[tuple[int, list[int]]]:
+    """(event id, [entry of U, V, Y]) of each interaction in an open 2D
+    :class:`~sparseseg.io.EventFile`, in file order; a ValueError naming the first event id
+    that lacks one of the three planes or holds one twice."""
+    if event_file.D != 2:
+        raise ValueError(f"{event_file.path}: the event classifier reads 2D wire-plane views, the file holds "
+                         f"{event_file.D}D events")
+    groups: dict[int, dict[str, list[int]]] = {}
+    for entry, (eid, plane) in enumerate(zip(event_file.event_ids.tolist(), event_file.planes.tolist())):
+        groups.setdefault(int(eid), {}).setdefault(plane, []).append(entry)
+    out = []
+    for eid, planes in groups.items():
+        if sorted(planes) != sorted(PLANE_NAMES) or any(len(v) != 1 for v in planes.values()):
+            have = ", ".join(f"{p} x{len(v)}" for p, v in sorted(planes.items()))
+            raise ValueError(f"{event_file.path}: event id {eid} has planes {have or 'none'}; the classifier needs "
+                             f"one view of each of U, V and Y (written by one interaction)")
+        out.append((eid, [planes[p][0] for p in PLANE_NAMES]))
+    return out
+
+
+def classify_file(path, clf: "TopologyClassifier", predictor, cvn_model, progress: bool = True) -> list[dict]:
+    """One row per interaction of the 2D event file ``path``: event id, the three class
+    probabilities, the predicted class and whether P(nu_e CC) passes the classifier's stored
+    nu_e CC cut. Views larger than :data:`VIEW_SIZE` are cropped around their vertex
+    (:func:`crop_around_vertex`)."""
+    from tqdm import tqdm
+
+    from ..io import EventFile
+
+    nue = CVN_CLASSES.index("nu_e CC")
+    cut = clf.info.get("nue_cut")
+    rows = []
+    with EventFile(path) as f:
+        for eid, entries in tqdm(interactions_in_file(f), desc="interactions", unit="int", disable=not progress):
+            views = []
+            for entry in entries:
+                ev = f[entry]
+                if ev.vertices is None or len(ev.vertices) == 0:
+                    raise ValueError(f"{path}: event id {eid}, plane {ev.plane}, has no vertex; the classifier measures "
+                                     "its features from the interaction vertex (write it with the event, "
+                                     "Event.vertices[0])")
+                views.append(crop_around_vertex(ev))
+            p = clf.probabilities(interaction_row(views, predictor, cvn_model))[0]
+            row = {"event_id": eid, **{f"p_{c.replace(' ', '_')}": float(q) for c, q in zip(CVN_CLASSES, p)},
+                   "class": CVN_CLASSES[int(p.argmax())]}
+            row["nue_selected"] = None if cut is None else bool(p[nue] >= cut)
+            rows.append(row)
+    return rows
