@@ -99,11 +99,10 @@ def main(argv=None) -> int:
     from sparseseg.checkpoint import load_model
     from sparseseg.classes import CVN_CLASSES
     from sparseseg.infer import Predictor
-    from sparseseg.metrics import binary_scores, classification_table
+    from sparseseg.metrics import binary_scores, classification_table, cut_for_purity
     from sparseseg.plots import confusion_heatmap
     from sparseseg.registry import get, sha256
     from sparseseg.tasks.cvn import nue_selection
-    from sparseseg.metrics import cut_for_purity
     from sparseseg.tasks.topology import TopologyClassifier, cross_validated, fit, shipped_classifier_path
 
     seg_path = Path(args.segmentation) if args.segmentation else get("uresnet2d").path

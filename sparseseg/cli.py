@@ -634,10 +634,11 @@ def cmd_classify(args) -> None:
         w.writerows(rows)
     write_text(args.output, buf.getvalue())
     counts = {c: sum(r["class"] == c for r in rows) for c in clf.classes}
-    selected = sum(bool(r["nue_selected"]) for r in rows)
+    cut = clf.info.get("nue_cut")
+    selection = ("no nu_e CC cut stored in the classifier" if cut is None else
+                 f"nu_e CC selection (P >= {cut:.3f}, purity 0.8 on simulation): {sum(bool(r['nue_selected']) for r in rows)}")
     print(f"{args.input}: {len(rows)} interactions -> {args.output}; predicted "
-          + ", ".join(f"{c} {n}" for c, n in counts.items())
-          + f"; nu_e CC selection (P >= {clf.info.get('nue_cut', float('nan')):.3f}, purity 0.8 on simulation): {selected}")
+          + ", ".join(f"{c} {n}" for c, n in counts.items()) + f"; {selection}")
 
 
 def cmd_robustness(args) -> None:
