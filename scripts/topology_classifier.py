@@ -2,12 +2,15 @@
 topology features of the three views from the 2D sparse UResNet, plus the CVN's probabilities,
 combined by boosted decision trees (nu_mu CC / nu_e CC / NC).
 
-    python scripts/topology_classifier.py --fit 3000 --fit-seed 21,22 --out weights/topology.json  # fit, then score
+    python scripts/topology_classifier.py --fit 3000 --fit-seed 21,22 --fit-vertex-smear 0,4 --out weights/topology.json
     python scripts/topology_classifier.py                                                         # score the shipped one
 
 Fitting simulates ``--fit`` interactions of each crop512 stream in ``--fit-seed`` (natural class
 mix, seeds no model was trained, validated or scored on), segments each view with
-``--segmentation`` weights and runs the ``--cvn`` weights on the same views. The nu_e CC cut
+``--segmentation`` weights and runs the ``--cvn`` weights on the same views; with
+``--fit-vertex-smear`` the features of each stream are measured from a vertex smeared by that
+stream's sigma (pixels; 0: the true vertex), so the classifier learns what a reconstructed
+vertex does to them. The nu_e CC cut
 (the lowest P(nu_e CC) with purity >= 0.8) is chosen on 5-fold cross-validated probabilities
 of the fitting interactions and stored in the classifier file. Scoring uses ``-n`` held-out
 interactions (``--seed``, 31337) and prints the CVN alone on the same interactions beside it;
@@ -58,6 +61,8 @@ def main(argv=None) -> int:
     p.add_argument("--fit", type=int, default=0, metavar="N", help="fit on N interactions first")
     p.add_argument("--fit-seed", default="21", metavar="S1,S2,...",
                    help="stream seed(s) of the fitting interactions, --fit of each (default 21)")
+    p.add_argument("--fit-vertex-smear", default=None, metavar="S1,S2,...",
+                   help="vertex smearing sigma (pixels) of each --fit-seed stream, 0 for the true vertex (default: all 0)")
     p.add_argument("--model", default="trees", choices=("trees", "logistic"),
                    help="boosted decision trees (default) or a logistic regression")
     p.add_argument("--c", type=float, default=0.1, help="inverse L2 strength of the logistic regression")
@@ -91,6 +96,13 @@ def main(argv=None) -> int:
     if len(set(fit_seeds)) != len(fit_seeds) or {1001, args.seed} & set(fit_seeds):
         p.error(f"--fit-seed: the seeds must differ from each other, from the validation seed 1001 and from "
                 f"the held-out --seed {args.seed}, got {args.fit_seed!r}")
+    try:
+        fit_smear = [0.0] * len(fit_seeds) if args.fit_vertex_smear is None else [
+            float(v) for v in args.fit_vertex_smear.split(",")]
+    except ValueError:
+        p.error(f"--fit-vertex-smear: expected numbers separated by commas, got {args.fit_vertex_smear!r}")
+    if len(fit_smear) != len(fit_seeds) or any(not v >= 0 for v in fit_smear):
+        p.error(f"--fit-vertex-smear: expected one sigma >= 0 per --fit-seed ({len(fit_seeds)}), got {args.fit_vertex_smear!r}")
 
     import torch
 
@@ -113,7 +125,8 @@ def main(argv=None) -> int:
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     if args.fit:
-        tables = [cached_table(cache, args.fit, s, predictor, cvn_model, key) for s in fit_seeds]
+        tables = [cached_table(cache, args.fit, s, predictor, cvn_model, key, vertex_sigma=v)
+                  for s, v in zip(fit_seeds, fit_smear)]
         x, y = np.vstack([t[0] for t in tables]), np.concatenate([t[1] for t in tables])
         from sparseseg.simulate import SIMULATOR_VERSION
 
@@ -121,7 +134,7 @@ def main(argv=None) -> int:
         cv = cross_validated(x, y, args.model, args.c)
         cut = cut_for_purity(cv[:, nue], y == nue, MIN_PURITY)
         clf = fit(x, y, args.model, args.c, info={
-            "fit_interactions": len(y), "fit_seeds": fit_seeds, "preset": "crop512", "simulator": SIMULATOR_VERSION,
+            "fit_interactions": len(y), "fit_seeds": fit_seeds, "fit_vertex_sigma": fit_smear, "preset": "crop512", "simulator": SIMULATOR_VERSION,
             "segmentation_sha256": sha256(seg_path), "cvn_sha256": sha256(cvn_path),
             "cv_accuracy": float((cv.argmax(1) == y).mean()), "nue_cut": cut,
             "nue_cut_rule": f"lowest P(nu_e CC) with purity >= {MIN_PURITY} in 5-fold cross-validation on the fitting rows"})

@@ -162,7 +162,7 @@ def test_script_fits_scores_and_reuses_its_tables(tmp_path, capsys):
 
     script = load_script("topology_classifier")
     out = tmp_path / "topology.json"
-    args = ["--fit", "20", "--fit-seed", "21,22", "--model", "logistic", "--out", str(out), "-n", "6", "--tune-n", "6", "--cache", str(tmp_path / "cache"),
+    args = ["--fit", "20", "--fit-seed", "21,22", "--fit-vertex-smear", "0,3", "--model", "logistic", "--out", str(out), "-n", "6", "--tune-n", "6", "--cache", str(tmp_path / "cache"),
             "--out-dir", str(tmp_path / "heldout"), "--gains", "2", "--vertex-smear", "3"]
     assert script.main(args) == 0
     m = json.loads((tmp_path / "heldout" / "metrics.json").read_text())
@@ -177,9 +177,13 @@ def test_script_fits_scores_and_reuses_its_tables(tmp_path, capsys):
         assert cm.sum() == 6 and m[name]["accuracy"] == pytest.approx(np.trace(cm) / 6)
     info = TopologyClassifier.load(out).info
     assert info["fit_interactions"] == 40 and info["fit_seeds"] == [21, 22] and info["model"] == "logistic"
+    assert info["fit_vertex_sigma"] == [0.0, 3.0]
     assert m["topology"]["nue_selection"]["chosen_on"] == ("validation" if info["nue_cut"] is None else "cross-validation")
     assert m["cvn"]["nue_selection"]["chosen_on"] == "validation"
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == 6  # 2 x fit, validation, held-out, at gain 2, smeared
+    # fit seed 21; fit seed 22 smeared by 3; validation; held-out; held-out at gain 2; held-out smeared by 3
+    names = sorted(p.name.rsplit("-", 2)[0] for p in (tmp_path / "cache").glob("*.npz"))
+    assert names == ["crop512-seed1001-n6", "crop512-seed21-n20", "crop512-seed22-n20-vtx3", "crop512-seed31337-n6",
+                     "crop512-seed31337-n6-gain2", "crop512-seed31337-n6-vtx3"]
     # rescoring reads the cached tables: same figures
     assert script.main(["--weights", str(out), "-n", "6", "--tune-n", "6", "--cache", str(tmp_path / "cache"),
                         "--out-dir", str(tmp_path / "again")]) == 0
@@ -193,10 +197,12 @@ def test_shipped_classifier_was_fitted_on_the_shipped_models():
     from sparseseg.tasks.topology import shipped_classifier_path
 
     clf = TopologyClassifier.load(shipped_classifier_path())
-    refit = "refit it: python scripts/topology_classifier.py --fit 3000 --fit-seed 21,22 --out sparseseg/weights/topology.json"
+    refit = ("refit it: python scripts/topology_classifier.py --fit 3000 --fit-seed 21,22 --fit-vertex-smear 0,4 "
+             "--out sparseseg/weights/topology.json")
     assert clf.info["segmentation_sha256"] == registry.get("uresnet2d").sha256, refit
     assert clf.info["cvn_sha256"] == registry.get("cvn").sha256, refit
     assert clf.info["fit_interactions"] == 6000 and clf.info["fit_seeds"] == [21, 22] and clf.info["simulator"] == "0.5"
+    assert clf.info["fit_vertex_sigma"] == [0.0, 4.0]
     assert clf.model == "trees" and 0.3 < clf.info["nue_cut"] < 0.9
     assert shipped_classifier_path().with_suffix(".md").exists()
 
@@ -205,6 +211,8 @@ def test_shipped_classifier_was_fitted_on_the_shipped_models():
     (["--gains", "0.5,x"], "--gains: expected numbers separated by commas, got '0.5,x'"),
     (["--gains", "0,2"], "--gains: every value must be > 0, got '0,2'"),
     (["--vertex-smear", "-1"], "--vertex-smear: every value must be > 0, got '-1'"),
+    (["--fit-seed", "21,22", "--fit-vertex-smear", "0"], "--fit-vertex-smear: expected one sigma >= 0 per --fit-seed (2), got '0'"),
+    (["--fit-vertex-smear", "x"], "--fit-vertex-smear: expected numbers separated by commas, got 'x'"),
     (["--fit-seed", "21,a"], "--fit-seed: expected integers separated by commas, got '21,a'"),
     (["--fit-seed", "21,1001"], "--fit-seed: the seeds must differ from each other, from the validation seed 1001"),
     (["--fit-seed", "21,21"], "--fit-seed: the seeds must differ from each other"),
