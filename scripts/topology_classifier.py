@@ -111,10 +111,10 @@ def main(argv=None) -> int:
     from sparseseg.checkpoint import load_model
     from sparseseg.classes import CVN_CLASSES
     from sparseseg.infer import Predictor
-    from sparseseg.metrics import binary_scores, classification_table, cut_for_purity
+    from sparseseg.metrics import classification_table
     from sparseseg.plots import confusion_heatmap
     from sparseseg.registry import get, sha256
-    from sparseseg.tasks.cvn import nue_selection
+    from sparseseg.tasks.cvn import nue_cut, nue_selection, nue_selection_at
     from sparseseg.tasks.topology import TopologyClassifier, cross_validated, fit, shipped_classifier_path
 
     seg_path = Path(args.segmentation) if args.segmentation else get("uresnet2d").path
@@ -130,9 +130,8 @@ def main(argv=None) -> int:
         x, y = np.vstack([t[0] for t in tables]), np.concatenate([t[1] for t in tables])
         from sparseseg.simulate import SIMULATOR_VERSION
 
-        nue = CVN_CLASSES.index("nu_e CC")
         cv = cross_validated(x, y, args.model, args.c)
-        cut = cut_for_purity(cv[:, nue], y == nue, MIN_PURITY)
+        cut = nue_cut(cv, y, MIN_PURITY)
         clf = fit(x, y, args.model, args.c, info={
             "fit_interactions": len(y), "fit_seeds": fit_seeds, "fit_vertex_sigma": fit_smear, "preset": "crop512", "simulator": SIMULATOR_VERSION,
             "segmentation_sha256": sha256(seg_path), "cvn_sha256": sha256(cvn_path),
@@ -158,10 +157,7 @@ def main(argv=None) -> int:
         if stored is None:  # the cut from the validation interactions
             table["nue_selection"] = dict(nue_selection(pt, yt, ph, yh, MIN_PURITY), chosen_on="validation")
         else:  # the classifier's own cut, from cross-validation on its fitting interactions
-            nue = CVN_CLASSES.index("nu_e CC")
-            s = binary_scores(yh == nue, ph[:, nue] >= stored)
-            table["nue_selection"] = {"cut": stored, "efficiency": s["efficiency"], "purity": s["purity"],
-                                      "chosen_on": "cross-validation"}
+            table["nue_selection"] = dict(nue_selection_at(stored, ph, yh), chosen_on="cross-validation")
         rows[name] = table
     condition_rows = []  # the same interactions under another detector gain or vertex; the nu_e cut stays the nominal one
     for kind, value in [("gain", g) for g in gains] + [("vertex_sigma", v) for v in smears]:
@@ -172,9 +168,7 @@ def main(argv=None) -> int:
             row[name] = {"accuracy": t["accuracy"], "efficiency": dict(zip(CVN_CLASSES, t["efficiency"]))}
             cut = rows[name]["nue_selection"]["cut"]
             if cut is not None:
-                nue = CVN_CLASSES.index("nu_e CC")
-                sel = binary_scores(yg == nue, pg[:, nue] >= cut)
-                row[name]["nue_selection"] = {"cut": cut, "efficiency": sel["efficiency"], "purity": sel["purity"]}
+                row[name]["nue_selection"] = nue_selection_at(cut, pg, yg)
         condition_rows.append(row)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -168,17 +168,31 @@ def cvn_probabilities(model, x: np.ndarray, batch_size: int = 8) -> np.ndarray:
     return torch.softmax(logits, 1).numpy() if logits is not None else np.zeros((0, len(CVN_CLASSES)), np.float32)
 
 
+def nue_cut(p: np.ndarray, y: np.ndarray, min_purity: float = 0.8) -> float | None:
+    """The lowest cut on P(nu_e CC) whose selection of these interactions (probabilities ``p``
+    (n, 3), classes ``y``) has purity >= ``min_purity``; None when no cut reaches it."""
+    from ..metrics import cut_for_purity
+
+    nue = CVN_CLASSES.index("nu_e CC")
+    return cut_for_purity(np.asarray(p)[:, nue], np.asarray(y) == nue, min_purity)
+
+
+def nue_selection_at(cut: float | None, p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """{cut, efficiency, purity} of the selection P(nu_e CC) >= ``cut`` on (p, y); efficiency
+    and purity 0 when ``cut`` is None."""
+    from ..metrics import binary_scores
+
+    if cut is None:
+        return {"cut": None, "efficiency": 0.0, "purity": 0.0}
+    nue = CVN_CLASSES.index("nu_e CC")
+    s = binary_scores(np.asarray(y) == nue, np.asarray(p)[:, nue] >= cut)
+    return {"cut": cut, "efficiency": s["efficiency"], "purity": s["purity"]}
+
+
 def nue_selection(p_tune: np.ndarray, y_tune: np.ndarray, p: np.ndarray, y: np.ndarray,
                   min_purity: float = 0.8) -> dict[str, Any]:
     """The nu_e CC selection P(nu_e CC) >= cut, the cut chosen on tuning interactions (the
-    lowest with purity >= ``min_purity`` there) and applied to others: {cut, efficiency,
-    purity} on (p, y); cut None (efficiency and purity 0) when no cut reaches the purity."""
-    from ..metrics import binary_scores, cut_for_purity
-
-    nue = CVN_CLASSES.index("nu_e CC")
-    cut = cut_for_purity(p_tune[:, nue], y_tune == nue, min_purity)
-    if cut is None:
-        return {"cut": None, "efficiency": 0.0, "purity": 0.0}
-    s = binary_scores(y == nue, p[:, nue] >= cut)
-    return {"cut": cut, "efficiency": s["efficiency"], "purity": s["purity"]}
+    lowest with purity >= ``min_purity`` there, :func:`nue_cut`) and applied to others: {cut,
+    efficiency, purity} on (p, y); cut None (efficiency and purity 0) when no cut reaches the purity."""
+    return nue_selection_at(nue_cut(p_tune, y_tune, min_purity), p, y)
 
