@@ -5,6 +5,7 @@
     python scripts/ship_weights.py runs/uresnet2d/best.pt weights/uresnet2d.pt --class-bias 20
     python scripts/ship_weights.py runs/uresnet2d/checkpoint.pt weights/uresnet2d.pt --average --class-bias 20
     python scripts/ship_weights.py runs/uresnet3d/checkpoint.pt weights/uresnet3d.pt --average --class-bias 20 --bias-objective accuracy
+    python scripts/ship_weights.py runs/uresnet3d_a/checkpoint.pt weights/uresnet3d.pt --average --soup runs/uresnet3d_b/checkpoint.pt
     python scripts/ship_weights.py runs/roi_mobilenetv2/best.pt weights/roi_mobilenetv2.pt
     python scripts/ship_weights.py runs/cvn/best.pt weights/cvn.pt --check-images 100
 
@@ -15,6 +16,10 @@ held-out set uses. They maximise the macro-averaged F1 (``--bias-objective macro
 default), or the pixel accuracy with no class's purity pushed below min(0.8, its purity
 without offsets) (``--bias-objective accuracy``; macro F1 can trade accuracy and purity for
 the recall of rare classes).
+
+``--soup CKPT ...`` ships the uniform average of the weights of the first checkpoint and of
+these (each one's weight average with ``--average``): runs fine-tuned from the same weights
+on different data streams, averaged ("model soup"); their model configs must agree.
 
 The optimizer state is dropped and floating-point weights are stored as float16 (loaded back
 as float32). The script checks what fp16 storage costs: it predicts a few simulated images
@@ -76,16 +81,30 @@ def main(argv=None) -> int:
                         "purity below min(0.8, its purity without offsets)")
     p.add_argument("--average", action="store_true",
                    help="ship the weight average (train.ema) that checkpoint.pt holds instead of its last weights")
+    p.add_argument("--soup", nargs="+", default=[], metavar="CKPT",
+                   help="average the weights of the checkpoint with these (same model config; --average applies to each)")
     args = p.parse_args(argv)
 
-    ckpt = checkpoint.load(args.checkpoint)
-    if args.average:
-        if "ema" not in ckpt:
-            print(f"--average: {args.checkpoint} holds no weight average (train.ema was off, or it is a best.pt)",
-                  file=sys.stderr)
+    ckpts = []
+    for path in [args.checkpoint, *args.soup]:
+        ckpt = checkpoint.load(path)
+        if args.average:
+            if "ema" not in ckpt:
+                print(f"--average: {path} holds no weight average (train.ema was off, or it is a best.pt)",
+                      file=sys.stderr)
+                return 1
+            ckpt = dict(ckpt, model=ckpt["ema"]["model"])
+        if ckpts and ckpt["config"]["model"] != ckpts[0]["config"]["model"]:
+            print(f"--soup: {path} has another model config than {args.checkpoint}", file=sys.stderr)
             return 1
-        ckpt = dict(ckpt, model=ckpt["ema"]["model"])
-    shipped = checkpoint.slim(ckpt, fp16=True, source=str(args.checkpoint) + (" (weight average)" if args.average else ""))
+        ckpts.append(ckpt)
+    ckpt = ckpts[0]
+    source = str(args.checkpoint) + (" (weight average)" if args.average else "")
+    if args.soup:
+        ckpt = dict(ckpt, model=checkpoint.average_states([c["model"] for c in ckpts]))
+        source = " + ".join(map(str, [args.checkpoint, *args.soup])) + (", weight averages" if args.average else "") \
+            + f", uniform soup of {len(ckpts)}"
+    shipped = checkpoint.slim(ckpt, fp16=True, source=source)
     from sparseseg.tasks import dense_task
 
     if dense_task(ckpt["config"]) is not None:

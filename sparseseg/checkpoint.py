@@ -101,6 +101,32 @@ def check_dim(model, path: str | Path, dim: int | None) -> None:
         raise ValueError(f"weights file {path}: model is {model_dim}D but the input events are {dim}D")
 
 
+def average_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """The uniform average of model state dicts of one architecture ("model soup" of runs
+    fine-tuned from the same weights). Floating-point tensors (weights and BatchNorm running
+    statistics) are averaged in float32 and returned in the first state's dtype; integer
+    tensors (BatchNorm's batch counters) are taken from the first state."""
+    if not states:
+        raise ValueError("average_states: no state dicts to average")
+    first = states[0]
+    for i, other in enumerate(states[1:], 1):
+        if set(other) != set(first):
+            missing = sorted(set(first) ^ set(other))[:3]
+            raise ValueError(f"average_states: state {i} has other keys than state 0 ({', '.join(missing)} ...): "
+                             "only weights of one architecture can be averaged")
+        for k, v in first.items():
+            if torch.is_tensor(v) and tuple(other[k].shape) != tuple(v.shape):
+                raise ValueError(f"average_states: {k} is {tuple(other[k].shape)} in state {i}, "
+                                 f"{tuple(v.shape)} in state 0")
+    out = {}
+    for k, v in first.items():
+        if torch.is_tensor(v) and v.is_floating_point():
+            out[k] = (sum(s[k].float() for s in states) / len(states)).to(v.dtype)
+        else:
+            out[k] = v
+    return out
+
+
 def slim(ckpt: dict[str, Any], fp16: bool = True, **extra) -> dict[str, Any]:
     """A small checkpoint for shipping: weights (fp16 by default), config, classes, version."""
     state = {

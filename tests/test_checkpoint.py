@@ -35,6 +35,23 @@ def test_round_trip_and_fp16_slim(tmp_path):
         torch.testing.assert_close(b, a.half().float() if a.is_floating_point() else a, msg=k)
 
 
+def test_average_states_is_the_uniform_mean():
+    a = {"w": torch.tensor([1.0, 2.0]), "bn.num_batches_tracked": torch.tensor(7), "h": torch.tensor([1.0], dtype=torch.float16)}
+    b = {"w": torch.tensor([3.0, -2.0]), "bn.num_batches_tracked": torch.tensor(9), "h": torch.tensor([2.0], dtype=torch.float16)}
+    c = {"w": torch.tensor([5.0, 3.0]), "bn.num_batches_tracked": torch.tensor(1), "h": torch.tensor([6.0], dtype=torch.float16)}
+    soup = checkpoint.average_states([a, b, c])
+    assert soup["w"].tolist() == [3.0, 1.0]
+    assert soup["bn.num_batches_tracked"].item() == 7  # counters: the first state's
+    assert soup["h"].dtype == torch.float16 and soup["h"].item() == 3.0
+    assert checkpoint.average_states([a])["w"].tolist() == [1.0, 2.0]
+    with pytest.raises(ValueError, match=r"^average_states: state 1 has other keys than state 0 \(x \.\.\.\)"):
+        checkpoint.average_states([a, dict(b, x=torch.zeros(1))])
+    with pytest.raises(ValueError, match=r"^average_states: w is \(3,\) in state 1, \(2,\) in state 0$"):
+        checkpoint.average_states([a, dict(b, w=torch.zeros(3))])
+    with pytest.raises(ValueError, match="no state dicts"):
+        checkpoint.average_states([])
+
+
 def test_bad_weight_files(tmp_path):
     p = tmp_path / "w.pt"
     assert _err(_save(p, classes=["track", "shower"])) == \
@@ -66,3 +83,30 @@ def test_train_config_errors_exit_2(tmp_path, capsys):
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r2")]) == 2
     assert "unknown model 'resnet'" in capsys.readouterr().err
     assert not (tmp_path / "r2" / "checkpoint.pt").exists()
+
+
+def test_ship_weights_soup(tmp_path, capsys):
+    """scripts/ship_weights.py --soup: the shipped weights are fp16 of the mean of the runs'."""
+    from conftest import load_script
+
+    ship = load_script("ship_weights")
+    cfg = dict(TINY)
+    torch.manual_seed(1)
+    a = build_model(cfg.pop("name"), **cfg).state_dict()
+    torch.manual_seed(2)
+    b = build_model("uresnet", **cfg).state_dict()
+    pa, pb = _save(tmp_path / "a.pt", state=a), _save(tmp_path / "b.pt", state=b)
+    out = tmp_path / "w.pt"
+    assert ship.main([str(pa), str(out), "--soup", str(pb), "--check-images", "1"]) == 0
+    shipped = checkpoint.load(out)
+    for k, v in shipped["model"].items():
+        if v.is_floating_point():
+            assert v.dtype == torch.float16
+            torch.testing.assert_close(v, ((a[k] + b[k]) / 2).half(), msg=k)
+    assert shipped["source"].endswith("uniform soup of 2")
+    other = _save(tmp_path / "c.pt", model_cfg=dict(TINY, filters=8))
+    assert ship.main([str(pa), str(tmp_path / "x.pt"), "--soup", str(other)]) == 1
+    assert "--soup: " + str(other) + " has another model config than " in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+    assert ship.main([str(pa), str(tmp_path / "x.pt"), "--average"]) == 1
+    assert "holds no weight average" in capsys.readouterr().err
