@@ -7,7 +7,8 @@
 Simulates ``n`` interactions with a seed never used in training (kept under --out, reused on
 a rerun), segments them at full size with ``sparseseg predict``'s code path, and writes
 ``metrics.json``, ``confusion.png`` and ``card.md`` (Markdown tables: summary, per-class
-efficiency and purity per plane, confusion counts and the efficiency matrix) under --out.
+efficiency and purity per plane, confusion counts and the efficiency matrix, and each class's
+efficiency at purity >= 0.8 when its pixels are selected by a cut on its own score) under --out.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from sparseseg.atomic import write_text
 from sparseseg.classes import CLASS_NAMES
-from sparseseg.heldout import predict_and_score, simulated_file
+from sparseseg.heldout import predict_and_score, score_curves, simulated_file
 from sparseseg.infer import Predictor
 from sparseseg.metrics import format_table
 from sparseseg.plots import confusion_heatmap
@@ -27,7 +28,10 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def card_markdown(s: dict, title: str, timing: dict) -> str:
+PURITY_FLOOR = 0.8
+
+
+def card_markdown(s: dict, title: str, timing: dict, at_purity: dict | None = None) -> str:
     planes = list(s.get("per_plane", {}))
     lines = [f"### {title}", "",
              f"{s['events']} images, {s['pixels']:,} labelled pixels; "
@@ -48,6 +52,13 @@ def card_markdown(s: dict, title: str, timing: dict) -> str:
         counts = " | ".join(f"{int(v):,}" for v in s["confusion"][i])
         eff = " | ".join(_fmt(v) for v in s["efficiency_matrix"][i])
         lines.append(f"| {c} | {counts} | {eff} |")
+    if at_purity:
+        lines += ["", f"Efficiency at purity >= {PURITY_FLOOR} (pixels selected by the class's own score, "
+                      "P(class) >= cut, the lowest cut that keeps the purity):", "",
+                  "| class | cut on P(class) | efficiency | purity |", "|---|---:|---:|---:|"]
+        for c in CLASS_NAMES:
+            a = at_purity[c]
+            lines.append(f"| {c} | {_fmt(a['cut'])} | {_fmt(a['efficiency'])} | {_fmt(a['purity'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -85,8 +96,11 @@ def main(argv=None) -> int:
     r, acc = predict_and_score(events, out / "pred.h5", predictor)
     s = acc.summary()
     print(format_table(s))
+    at_purity = score_curves(out / "pred.h5").summary(PURITY_FLOOR)
+    print(f"efficiency at purity >= {PURITY_FLOOR} (cut on the class score): "
+          + ", ".join(f"{c} {a['efficiency']:.4f}" for c, a in at_purity.items()))
     bias = predictor.class_bias(3 if args.preset == "pilarnet" else 2)
-    write_text(out / "metrics.json", json.dumps({"summary": s, "timing": r, "weights": args.weights,
+    write_text(out / "metrics.json", json.dumps({"summary": s, "efficiency_at_purity": {"min_purity": PURITY_FLOOR, **at_purity}, "timing": r, "weights": args.weights,
                                                   "preset": args.preset, "seed": args.seed, "n": args.n,
                                                   "min_scores": args.min_score, "precision": predictor.precision,
                                                   "flips": args.flips,
@@ -102,7 +116,7 @@ def main(argv=None) -> int:
         title += ", scores averaged over mirror images (--flips)"
     if args.min_score:
         title += f", --min-score {' '.join(args.min_score)}"
-    write_text(out / "card.md", card_markdown(s, title, r))
+    write_text(out / "card.md", card_markdown(s, title, r, at_purity))
     print(f"wrote {out / 'metrics.json'}, {out / 'confusion.png'}, {out / 'card.md'}")
     return 0
 

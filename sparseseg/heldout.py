@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["simulated_file", "predict_and_score"]
+__all__ = ["simulated_file", "predict_and_score", "score_curves"]
 
 
 def simulated_file(path: str | Path, preset: str, n: int, seed: int, label_rule: str = "visible",
@@ -60,3 +60,22 @@ def predict_and_score(events: str | Path, pred: str | Path, predictor, progress:
     timing["threads"] = torch.get_num_threads()
     timing["peak_rss_mb"] = peak_rss_mb()
     return timing, evaluate_files([str(pred)])
+
+
+def score_curves(pred: str | Path):
+    """:class:`~sparseseg.metrics.ScoreCurves` of a prediction file with truth labels and
+    stored scores (``sparseseg predict`` writes both): each class's efficiency at a purity floor
+    when pixels are selected by that class's score alone."""
+    from .io import EventFile
+    from .metrics import ScoreCurves
+
+    curves = ScoreCurves()
+    with EventFile(str(pred)) as f:
+        if "scores" not in f.extra_names:
+            raise ValueError(f"{pred}: holds no class scores (no 'scores' dataset); make it with `sparseseg predict`")
+        for i in range(len(f)):
+            ev = f[i]
+            if ev.labels is None:
+                raise ValueError(f"{pred}: has no truth labels to evaluate against")
+            curves.add(ev.labels, f.read_extra(i, "scores"))
+    return curves

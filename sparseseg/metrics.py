@@ -34,6 +34,7 @@ __all__ = [
     "binary_scores",
     "cut_for_purity",
     "ConfusionAccumulator",
+    "ScoreCurves",
     "summarize",
     "format_table",
     "track_shower_matrix",
@@ -353,6 +354,64 @@ class ConfusionAccumulator:
         out["events"] = int(self.events)
         out["per_plane"] = {k: summarize(m, self.class_names) for k, m in sorted(self.per_plane.items(), key=lambda kv: _plane_order(kv[0]))}
         return out
+
+
+class ScoreCurves:
+    """Efficiency at a purity floor for each class, from per-pixel class scores: the
+    selection "P(c) >= cut" (one class against the rest, whatever the argmax) with the lowest
+    cut whose purity is at least ``min_purity``, as :func:`cut_for_purity` chooses it.
+
+    Scores are counted at float16 resolution (the precision prediction files store them in):
+    each non-negative float16 value is one bin of an exact histogram (its 16-bit pattern, which
+    orders non-negative floats), so any number of pixels fits in 5 x 2 x 65,536 counters and the
+    result equals :func:`cut_for_purity` on the float16 scores.
+    """
+
+    BINS = 1 << 16
+
+    def __init__(self, num_classes: int = NUM_CLASSES, class_names: Sequence[str] | None = None) -> None:
+        self.num_classes = int(num_classes)
+        self.class_names = tuple(class_names or (CLASS_NAMES if self.num_classes == NUM_CLASSES
+                                                 else [str(i) for i in range(self.num_classes)]))
+        self.signal = np.zeros((self.num_classes, self.BINS), np.int64)
+        self.background = np.zeros((self.num_classes, self.BINS), np.int64)
+
+    def add(self, truth: Any, scores: Any) -> None:
+        """One image: truth codes (N,) (IGNORE pixels are skipped) and scores (N, C) in [0, 1]."""
+        labels = _as_label_array(truth, "truth")
+        sc = np.asarray(scores)
+        if sc.ndim != 2 or sc.shape != (len(labels), self.num_classes):
+            raise ValueError(f"ScoreCurves.add: scores of shape {sc.shape} for {len(labels)} labels "
+                             f"and {self.num_classes} classes")
+        keep = labels != IGNORE
+        labels, sc = labels[keep], np.ascontiguousarray(sc[keep], dtype=np.float16)
+        if not np.isfinite(sc).all() or (sc < 0).any():
+            raise ValueError("ScoreCurves.add: scores must be finite and >= 0")
+        bits = np.abs(sc).view(np.uint16)  # abs: -0.0 counts as 0.0
+        for c in range(self.num_classes):
+            is_c = labels == c
+            self.signal[c] += np.bincount(bits[is_c, c], minlength=self.BINS)
+            self.background[c] += np.bincount(bits[~is_c, c], minlength=self.BINS)
+
+    def at_purity(self, c: int, min_purity: float = 0.8) -> dict[str, float | None]:
+        """{cut, efficiency, purity} of the most efficient selection of class ``c`` with purity
+        >= ``min_purity``; cut None (efficiency 0) when no cut reaches it or the class is absent."""
+        sig = np.cumsum(self.signal[c][::-1])  # pixels at or above each value, highest first
+        sel = sig + np.cumsum(self.background[c][::-1])
+        total = sig[-1]
+        occupied = (self.signal[c] + self.background[c])[::-1] > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            purity = np.where(sel > 0, sig / np.maximum(sel, 1), 0.0)
+        ok = np.flatnonzero(occupied & (purity >= min_purity))
+        if total == 0 or len(ok) == 0:
+            return {"cut": None, "efficiency": 0.0, "purity": None}
+        k = ok[-1]
+        cut = float(np.array([self.BINS - 1 - k], np.uint16).view(np.float16)[0])
+        return {"cut": cut, "efficiency": float(sig[k] / total), "purity": float(purity[k])}
+
+    def summary(self, min_purity: float = 0.8) -> dict[str, dict[str, float | None]]:
+        """:meth:`at_purity` for every class, by class name."""
+        return {name: self.at_purity(c, min_purity) for c, name in enumerate(self.class_names)}
 
 
 def _plane_order(name: str) -> tuple[int, str]:

@@ -225,3 +225,51 @@ def test_cut_for_purity_by_hand():
     assert cut_for_purity([0.3, 0.2], [0, 1], 0.9) is None
     with pytest.raises(ValueError, match="cut_for_purity: 2 scores for 3 truth flags"):
         cut_for_purity([0.1, 0.2], [0, 1, 1], 0.8)
+
+
+def test_score_curves_by_hand():
+    from sparseseg.metrics import ScoreCurves
+
+    # class 0 scores of 7 pixels as in test_cut_for_purity_by_hand (float16-exact values), plus
+    # one ignored pixel with the top score that must not count
+    p0 = np.array([0.875, 0.75, 0.75, 0.625, 0.5, 0.375, 0.25, 1.0], np.float16)
+    truth = np.array([0, 0, 2, 0, 0, 1, 1, IGNORE])
+    scores = np.zeros((8, 5), np.float16)
+    scores[:, 0] = p0
+    scores[:, 1] = 1 - p0
+    curves = ScoreCurves()
+    curves.add(truth[:4], scores[:4])  # two images
+    curves.add(truth[4:], scores[4:])
+    assert curves.at_purity(0, 0.8) == {"cut": 0.5, "efficiency": 1.0, "purity": 0.8}
+    assert curves.at_purity(0, 0.9) == {"cut": 0.875, "efficiency": 0.25, "purity": 1.0}
+    # class 1: P1 = 1 - p0; its two pixels have the two highest P1 (0.75, 0.625), then a class-0 one at 0.5
+    assert curves.at_purity(1, 0.6) == {"cut": 0.5, "efficiency": 1.0, "purity": 2 / 3}
+    assert curves.at_purity(1, 0.7) == {"cut": 0.625, "efficiency": 1.0, "purity": 1.0}
+    # class 2: score 0 everywhere, one pixel of 7 -> no cut reaches 0.8
+    assert curves.at_purity(2, 0.8) == {"cut": None, "efficiency": 0.0, "purity": None}
+    assert curves.at_purity(2, 0.1) == {"cut": 0.0, "efficiency": 1.0, "purity": 1 / 7}
+    assert curves.summary(0.8)["Michel"] == {"cut": None, "efficiency": 0.0, "purity": None}  # class absent
+    with pytest.raises(ValueError, match=r"ScoreCurves.add: scores of shape \(2, 5\) for 3 labels and 5 classes"):
+        curves.add([0, 1, 2], scores[:2])
+    with pytest.raises(ValueError, match="scores must be finite and >= 0"):
+        curves.add([0], np.full((1, 5), np.nan))
+
+
+def test_score_curves_equal_cut_for_purity():
+    from sparseseg.metrics import ScoreCurves, cut_for_purity
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 5, 20000)
+    logits = rng.normal(size=(20000, 5)) + 2.0 * np.eye(5)[truth]
+    scores = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float16)  # many ties
+    curves = ScoreCurves()
+    for part in np.array_split(np.arange(20000), 7):
+        curves.add(truth[part], scores[part])
+    for c in range(5):
+        for floor in (0.5, 0.8, 0.9):
+            got = curves.at_purity(c, floor)
+            cut = cut_for_purity(scores[:, c].astype(np.float64), truth == c, floor)
+            assert got["cut"] == cut
+            sel = scores[:, c] >= cut
+            assert got["efficiency"] == pytest.approx((sel & (truth == c)).sum() / (truth == c).sum(), abs=1e-15)
+            assert got["purity"] == pytest.approx((truth[sel] == c).mean(), abs=1e-15)
