@@ -330,6 +330,13 @@ def cmd_train(args) -> None:
         cfg["train"]["threads"] = args.threads
     if args.device is not None:
         cfg["train"]["device"] = args.device
+    if args.data_seed is not None:
+        if not cfg["data"].get("simulate"):
+            raise UsageError(f"--data-seed {args.data_seed}: {args.config} trains on files (data.train), not on "
+                             "simulated views; the seed of a simulated stream only applies with data.simulate")
+        if args.data_seed < 0:
+            raise UsageError(f"--data-seed {args.data_seed}: must be >= 0")
+        cfg["data"]["seed"] = args.data_seed
     out = args.out or os.path.join("runs", Path(args.config).stem)
     result = train(cfg, out, resume=args.resume, max_steps=args.max_steps, progress=not args.quiet)
     if int(os.environ.get("RANK", 0)) == 0:
@@ -761,6 +768,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-steps", type=int, help="override train.max_steps")
     s.add_argument("--threads", type=int, help="override train.threads: CPU threads, 1 or more, or 0 for torch's choice")
     s.add_argument("--device", help="override train.device: cpu, cuda or cuda:N")
+    s.add_argument("--data-seed", type=int, metavar="N",
+                   help="override data.seed: the simulated training stream (the same recipe on other views, e.g. "
+                        "for runs whose weights are averaged with `scripts/ship_weights.py --soup`)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_train)
 

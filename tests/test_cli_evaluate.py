@@ -289,6 +289,27 @@ def test_train_threads_and_device_override_the_config(tmp_path, capsys, monkeypa
     assert len(seen) == 2
 
 
+def test_train_data_seed_overrides_the_stream(tmp_path, capsys, monkeypatch):
+    import sparseseg.train as train_mod
+
+    seen = []
+    monkeypatch.setattr(train_mod, "train", lambda cfg, out, **kw: seen.append(cfg["data"]) or {"step": 0})
+    sim = tmp_path / "sim.yaml"
+    sim.write_text(yaml.safe_dump({"data": {"simulate": "pilarnet", "seed": 8}}))
+    files = tmp_path / "files.yaml"
+    files.write_text(yaml.safe_dump({"data": {"simulate": None, "train": "x.h5"}}))
+    base = ["train", "--out", str(tmp_path / "run"), "-q", "--config"]
+    assert cli(base + [str(sim), "--data-seed", "10"], capsys)[0] == 0
+    assert cli(base + [str(sim)], capsys)[0] == 0
+    assert [d["seed"] for d in seen] == [10, 8]
+    assert error_line(base + [str(sim), "--data-seed", "-3"], capsys) == \
+        "sparseseg train: error: --data-seed -3: must be >= 0"
+    assert error_line(base + [str(files), "--data-seed", "3"], capsys) == (
+        f"sparseseg train: error: --data-seed 3: {files} trains on files (data.train), not on simulated views; "
+        "the seed of a simulated stream only applies with data.simulate")
+    assert len(seen) == 2
+
+
 # ---------------------------------------------------------------------------- closed stdout
 def test_a_closed_stdout_exits_quietly(preds):
     """`sparseseg evaluate p.h5 | head -1`: the reader is gone before the table is written."""
