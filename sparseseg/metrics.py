@@ -400,8 +400,7 @@ class ScoreCurves:
         sel = sig + np.cumsum(self.background[c][::-1])
         total = sig[-1]
         occupied = (self.signal[c] + self.background[c])[::-1] > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            purity = np.where(sel > 0, sig / np.maximum(sel, 1), 0.0)
+        purity = np.where(sel > 0, sig / np.maximum(sel, 1), 0.0)
         ok = np.flatnonzero(occupied & (purity >= min_purity))
         if total == 0 or len(ok) == 0:
             return {"cut": None, "efficiency": 0.0, "purity": None}
