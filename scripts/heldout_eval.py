@@ -100,7 +100,9 @@ def main(argv=None) -> int:
     print(f"efficiency at purity >= {PURITY_FLOOR} (cut on the class score): "
           + ", ".join(f"{c} {a['efficiency']:.4f}" for c, a in at_purity.items()))
     bias = predictor.class_bias(3 if args.preset == "pilarnet" else 2)
-    write_text(out / "metrics.json", json.dumps({"summary": s, "efficiency_at_purity": {"min_purity": PURITY_FLOOR, **at_purity}, "timing": r, "weights": args.weights,
+    write_text(out / "metrics.json", json.dumps({"summary": s,
+                                                  "efficiency_at_purity": {"min_purity": PURITY_FLOOR, **at_purity},
+                                                  "timing": r, "weights": args.weights,
                                                   "preset": args.preset, "seed": args.seed, "n": args.n,
                                                   "min_scores": args.min_score, "precision": predictor.precision,
                                                   "flips": args.flips,

@@ -111,8 +111,8 @@ def average_states(states: list[dict[str, Any]]) -> dict[str, Any]:
     first = states[0]
     for i, other in enumerate(states[1:], 1):
         if set(other) != set(first):
-            missing = sorted(set(first) ^ set(other))[:3]
-            raise ValueError(f"average_states: state {i} has other keys than state 0 ({', '.join(missing)} ...): "
+            differ = sorted(set(first) ^ set(other))[:3]
+            raise ValueError(f"average_states: state {i} has other keys than state 0 ({', '.join(differ)} ...): "
                              "only weights of one architecture can be averaged")
         for k, v in first.items():
             if torch.is_tensor(v) and tuple(other[k].shape) != tuple(v.shape):

@@ -284,6 +284,13 @@ def cut_for_purity(score: Any, signal: Any, min_purity: float) -> float | None:
     return float(s[ok[-1]]) if len(ok) else None
 
 
+def _class_names(num_classes: int, names: Sequence[str] | None) -> Sequence[str]:
+    """``names``, or the segmentation classes for 5 classes and "0", "1", ... otherwise."""
+    if names is not None:
+        return names
+    return CLASS_NAMES if num_classes == NUM_CLASSES else tuple(str(i) for i in range(num_classes))
+
+
 # ---------------------------------------------------------------------------- accumulator
 class ConfusionAccumulator:
     """Accumulate confusion matrices over many events, overall and per plane.
@@ -297,8 +304,7 @@ class ConfusionAccumulator:
 
     def __init__(self, num_classes: int = NUM_CLASSES, class_names: Sequence[str] | None = None) -> None:
         self.num_classes = int(num_classes)
-        if class_names is None:
-            class_names = CLASS_NAMES if self.num_classes == NUM_CLASSES else tuple(str(i) for i in range(self.num_classes))
+        class_names = _class_names(self.num_classes, class_names)
         if len(class_names) != self.num_classes:
             raise ValueError(f"ConfusionAccumulator: {len(class_names)} class names for {self.num_classes} classes")
         self.class_names = tuple(class_names)
@@ -371,8 +377,7 @@ class ScoreCurves:
 
     def __init__(self, num_classes: int = NUM_CLASSES, class_names: Sequence[str] | None = None) -> None:
         self.num_classes = int(num_classes)
-        self.class_names = tuple(class_names or (CLASS_NAMES if self.num_classes == NUM_CLASSES
-                                                 else [str(i) for i in range(self.num_classes)]))
+        self.class_names = tuple(_class_names(self.num_classes, class_names))
         self.signal = np.zeros((self.num_classes, self.BINS), np.int64)
         self.background = np.zeros((self.num_classes, self.BINS), np.int64)
 
@@ -400,7 +405,7 @@ class ScoreCurves:
         sel = sig + np.cumsum(self.background[c][::-1])
         total = sig[-1]
         occupied = (self.signal[c] + self.background[c])[::-1] > 0
-        purity = np.where(sel > 0, sig / np.maximum(sel, 1), 0.0)
+        purity = sig / np.maximum(sel, 1)  # 0 where nothing is selected yet
         ok = np.flatnonzero(occupied & (purity >= min_purity))
         if total == 0 or len(ok) == 0:
             return {"cut": None, "efficiency": 0.0, "purity": None}
