@@ -29,41 +29,51 @@ from .tasks import accumulated_step, task_for
 def init_weights(model: torch.nn.Module, path) -> None:
     """Start from the model weights of checkpoint ``path`` (train.init); shapes must match,
     except that a sparse UResNet may start from a narrower one (fewer ``filters``, all else
-    equal): the narrow weights are widened so that the new model computes the same function
-    (:func:`~sparseseg.models.uresnet.widen_state_dict`)."""
+    equal) or a shallower one (fewer levels, ``depth``, all else equal): the weights are
+    widened or deepened so that the new model computes the same function
+    (:func:`~sparseseg.models.uresnet.widen_state_dict`, :func:`~.deepen_state_dict`)."""
     ckpt = checkpoint.load(path)
     state = checkpoint.float_state(ckpt["model"])
     own = model.state_dict()
     bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
-    if bad and _narrower(ckpt, model):
-        from .models.uresnet import widen_state_dict
+    grown = _grown(ckpt, model) if bad else None
+    if grown is not None:
+        from .models import uresnet
 
-        filters = ckpt["config"]["model"]["filters"]
-        print(f"train.init: widening {path} from {filters} to {model.config.filters} filters "
-              "(the wider model starts with the same outputs)", file=sys.stderr)
-        model.load_state_dict(widen_state_dict(state, filters, model))
+        field, old = grown
+        grow = uresnet.widen_state_dict if field == "filters" else uresnet.deepen_state_dict
+        verb = "widening" if field == "filters" else "deepening"
+        unit = "filters" if field == "filters" else "levels"
+        print(f"train.init: {verb} {path} from {old} to {getattr(model.config, field)} {unit} "
+              "(the new model starts with the same outputs)", file=sys.stderr)
+        model.load_state_dict(grow(state, old, model))
         return
     if bad or set(state) - set(own):
         raise ValueError(f"train.init: weights file {path} does not fit the configured model "
                          f"(first mismatch: {(bad or sorted(set(state) - set(own)))[0]}); "
                          "use the same model section as the run that wrote it (or, for a "
-                         "uresnet, the same one with more filters)")
+                         "uresnet, the same one with more filters or more levels)")
     model.load_state_dict(state)
 
 
-def _narrower(ckpt: dict[str, Any], model: torch.nn.Module) -> bool:
-    """Whether ``ckpt`` holds a sparse UResNet that differs from ``model`` only by fewer filters."""
+def _grown(ckpt: dict[str, Any], model: torch.nn.Module) -> tuple[str, int] | None:
+    """("filters" or "depth", the saved value) where ``ckpt`` holds a sparse UResNet that
+    differs from ``model`` only by fewer filters or only by fewer levels; else None."""
     from dataclasses import asdict
 
     from .models.uresnet import SparseUResNet
 
     saved = dict((ckpt.get("config") or {}).get("model") or {})
     if not isinstance(model, SparseUResNet) or saved.pop("name", None) != "uresnet":
-        return False
+        return None
     own = asdict(model.config)
-    filters = saved.pop("filters", None)
-    return (isinstance(filters, int) and filters < own["filters"]
-            and all(own.get(k) == v for k, v in saved.items()))
+    for field in ("filters", "depth"):
+        rest = dict(saved)
+        old = rest.pop(field, None)
+        if (isinstance(old, int) and old < own[field]
+                and all(own.get(k) == v for k, v in rest.items())):
+            return field, old
+    return None
 
 
 def resolve_precision(precision: str, device, sparse: bool, dim: int = 2) -> str:

@@ -94,20 +94,26 @@ def test_init_with_another_model_is_refused(tmp_path, train_file):
             train(bad, tmp_path / "b", progress=False)
 
 
-def test_init_widens_a_narrower_uresnet(tmp_path, train_file, capsys):
-    """A run with more filters starts from narrower weights and computes the same logits."""
+@pytest.mark.parametrize("field,value,message", [
+    ("filters", 12, "widening {} from 8 to 12 filters"),
+    ("depth", 5, "deepening {} from 3 to 5 levels"),
+])
+def test_init_grows_a_smaller_uresnet(tmp_path, train_file, capsys, field, value, message):
+    """A run with more filters, or more levels, starts from the smaller weights and computes
+    the same logits."""
     from conftest import random_event
 
     cfg = tiny_config(train_file, max_steps=1, val_every=1, checkpoint_every=1)
     train(cfg, tmp_path / "a", progress=False)
     wide = tiny_config(train_file, max_steps=1, val_every=1, checkpoint_every=1, lr=0.0,
                        init=str(tmp_path / "a" / "checkpoint.pt"))
-    wide["model"]["filters"] = 12
+    wide["model"][field] = value
     train(wide, tmp_path / "b", progress=False)
-    assert "widening" in capsys.readouterr().err
+    assert message.format(tmp_path / "a" / "checkpoint.pt") in capsys.readouterr().err
     events = [random_event((48, 40), 150, seed=s) for s in range(3)]
     widened = checkpoint.build_from(checkpoint.load(tmp_path / "b" / "checkpoint.pt")).eval()
-    assert widened.config.filters == 12 and widened.head.weight.shape == (5, 12)
+    assert getattr(widened.config, field) == value
+    assert len(widened.encoder) == widened.config.depth and widened.head.weight.shape == (5, widened.config.filters)
     # lr 0: only BatchNorm running statistics moved in run b, and the old channels' statistics
     # moved exactly as they would have in the narrow model: compare the narrow model run one
     # more lr-0 step the same way

@@ -113,3 +113,45 @@ def test_widened_model_computes_the_same_logits(dim, shape):
     assert w.grad[:16, ..., 16:24].abs().sum() > 0
     with pytest.raises(ValueError, match="cannot widen 16 filters into 12"):
         widen_state_dict(narrow.state_dict(), 16, wide)
+
+
+@pytest.mark.parametrize("dim,shape", [(2, (50, 60)), (3, (20, 24, 28))])
+def test_deepened_model_computes_the_same_logits(dim, shape):
+    """deepen_state_dict: two new levels below a 3-level model; the old levels keep their
+    weights (decoder lists shift by two), the new decoder levels start as the identity on the
+    skip half, so the logits agree in evaluation and in training mode; the zero weights on the
+    upsampled half get gradients, so training can use the coarser context."""
+    from sparseseg.models.uresnet import deepen_state_dict
+
+    torch.manual_seed(0)
+    shallow = build_model("uresnet", dim=dim, depth=3, filters=8, reps=2)
+    for m in shallow.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    torch.manual_seed(1)
+    deep = build_model("uresnet", dim=dim, depth=5, filters=8, reps=2)
+    deep.load_state_dict(deepen_state_dict(shallow.state_dict(), 3, deep))
+    assert torch.equal(deep.decoder[2][0].conv1.weight, shallow.decoder[0][0].conv1.weight)
+    assert torch.equal(deep.encoder[2][1].conv2.weight, shallow.encoder[2][1].conv2.weight)
+    ev = random_event(shape, 250, seed=3)
+    for training in (False, True):
+        shallow.train(training)
+        deep.train(training)
+        with torch.no_grad():
+            a, b = shallow([ev]), deep([ev])
+        assert torch.allclose(a, b, atol=1e-5), (training, (a - b).abs().max())
+    shortcut = deep.decoder[1][0].shortcut.weight  # level 2 (the old bottom): [upsampled 24 | skip 24] -> 24
+    assert shortcut.shape == (24, 48)
+    assert torch.equal(shortcut[:, 24:], torch.eye(24)) and not shortcut[:, :24].any()
+    assert not deep.decoder[0][1].conv2.weight.any() and not deep.decoder[1][1].conv2.weight.any()
+    deep([ev]).square().sum().backward()
+    assert shortcut.grad[:, :24].abs().sum() > 0
+    assert deep.decoder[1][0].conv2.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="cannot deepen 5 levels into 5"):
+        deepen_state_dict(deep.state_dict(), 5, deep)
+    other = build_model("uresnet", dim=dim, depth=3, filters=12, reps=2)
+    with pytest.raises(ValueError, match="only the number of levels may differ when deepening"):
+        deepen_state_dict(other.state_dict(), 3, deep)

@@ -346,3 +346,48 @@ def widen_state_dict(state: dict[str, torch.Tensor], filters: int, model: Sparse
             t.masked_fill_(old_out.view(shape_out) & new_in.view(shape_in), 0.0)
         out[key] = t
     return out
+
+
+def deepen_state_dict(state: dict[str, torch.Tensor], depth: int, model: SparseUResNet) -> dict[str, torch.Tensor]:
+    """Weights of a UResNet of ``depth`` levels moved into the deeper ``model`` (same dim,
+    filters and reps, more levels) so that the deeper network computes the same logits, in
+    training and in evaluation mode.
+
+    The old levels keep their weights (the decoder's lists are indexed from the bottom, so an
+    old ``up.k`` / ``decoder.k`` becomes ``up.(k + new - old)``); the new levels below keep
+    ``model``'s fresh initialisation, except the decoder blocks of each new decoder level
+    (the old bottom level and the new ones), which start as the identity on the skip
+    connection: the first block's shortcut takes the skip half of [upsampled | skip] unchanged
+    and every block's second convolution is zero. The coarser levels therefore start with no
+    influence on the output; the zero weights get gradients at the first step (the upsampled
+    half reaches the shortcut and the second convolutions' inputs are live), so training
+    grows the new context from there (zero-initialised residual branches).
+    """
+    cfg = model.config
+    if depth >= cfg.depth:
+        raise ValueError(f"uresnet: cannot deepen {depth} levels into {cfg.depth}")
+    shift = cfg.depth - depth
+    new = model.state_dict()
+    out = {}
+    for key, src in state.items():
+        part, index, rest = (key.split(".", 2) + ["", ""])[:3]
+        if part in ("up", "decoder"):
+            key = f"{part}.{int(index) + shift}.{rest}"
+        if key not in new or new[key].shape != src.shape:
+            raise ValueError("uresnet: only the number of levels may differ when deepening "
+                             f"(dim, filters and reps must match; {key} does not fit)")
+        out[key] = src.to(new[key].dtype).clone()
+    for key, target in new.items():
+        if key in out:
+            continue
+        t = target.clone()
+        part, index, rest = (key.split(".", 2) + ["", ""])[:3]
+        if part == "decoder" and int(index) < shift:
+            if rest.endswith("conv2.weight"):
+                t.zero_()
+            elif rest.endswith("shortcut.weight"):  # (w, 2w): [upsampled | skip] -> skip
+                w = t.shape[0]
+                t.zero_()
+                t[:, w:] = torch.eye(w, dtype=t.dtype)
+        out[key] = t
+    return out
