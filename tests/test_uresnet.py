@@ -80,6 +80,28 @@ def test_training_steps_on_cpu(dim, shape):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+
+def randomise_batchnorm(model):
+    """BatchNorm statistics and affine parameters away from their identity defaults, so that
+    tests comparing two models' logits see them."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return model
+
+
+def assert_same_logits(a, b, ev):
+    """Both models give the same logits on ``ev``, in evaluation and in training mode."""
+    for training in (False, True):
+        a.train(training)
+        b.train(training)
+        with torch.no_grad():
+            x, y = a([ev]), b([ev])
+        assert torch.allclose(x, y, atol=1e-5), (training, (x - y).abs().max())
+
 @pytest.mark.parametrize("dim,shape", [(2, (50, 60)), (3, (20, 24, 28))])
 def test_widened_model_computes_the_same_logits(dim, shape):
     """widen_state_dict: old channels keep their weights and never see the new ones (decoder
@@ -87,23 +109,12 @@ def test_widened_model_computes_the_same_logits(dim, shape):
     zero but get gradients, so training can use the new channels."""
     from sparseseg.models.uresnet import widen_state_dict
 
-    narrow = small(dim)
-    for m in narrow.modules():  # statistics that matter
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
+    narrow = randomise_batchnorm(small(dim))
     torch.manual_seed(1)
     wide = build_model("uresnet", dim=dim, depth=3, filters=12, reps=1)
     wide.load_state_dict(widen_state_dict(narrow.state_dict(), 8, wide))
     ev = random_event(shape, 250, seed=3)
-    for training in (False, True):
-        narrow.train(training)
-        wide.train(training)
-        with torch.no_grad():
-            a, b = narrow([ev]), wide([ev])
-        assert torch.allclose(a, b, atol=1e-5), (training, (a - b).abs().max())
+    assert_same_logits(narrow, wide, ev)
     w = wide.decoder[0][0].conv1.weight  # input = [upsampled 24 | skip 12], old halves at 0:16, 24:32
     assert w.shape[-1] == 48
     assert torch.equal(w[:16, ..., 16:24], torch.zeros_like(w[:16, ..., 16:24]))
@@ -124,25 +135,14 @@ def test_deepened_model_computes_the_same_logits(dim, shape):
     from sparseseg.models.uresnet import deepen_state_dict
 
     torch.manual_seed(0)
-    shallow = build_model("uresnet", dim=dim, depth=3, filters=8, reps=2)
-    for m in shallow.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
+    shallow = randomise_batchnorm(build_model("uresnet", dim=dim, depth=3, filters=8, reps=2))
     torch.manual_seed(1)
     deep = build_model("uresnet", dim=dim, depth=5, filters=8, reps=2)
     deep.load_state_dict(deepen_state_dict(shallow.state_dict(), 3, deep))
     assert torch.equal(deep.decoder[2][0].conv1.weight, shallow.decoder[0][0].conv1.weight)
     assert torch.equal(deep.encoder[2][1].conv2.weight, shallow.encoder[2][1].conv2.weight)
     ev = random_event(shape, 250, seed=3)
-    for training in (False, True):
-        shallow.train(training)
-        deep.train(training)
-        with torch.no_grad():
-            a, b = shallow([ev]), deep([ev])
-        assert torch.allclose(a, b, atol=1e-5), (training, (a - b).abs().max())
+    assert_same_logits(shallow, deep, ev)
     shortcut = deep.decoder[1][0].shortcut.weight  # level 2 (the old bottom): [upsampled 24 | skip 24] -> 24
     assert shortcut.shape == (24, 48)
     assert torch.equal(shortcut[:, 24:], torch.eye(24)) and not shortcut[:, :24].any()
