@@ -41,9 +41,8 @@ def init_weights(model: torch.nn.Module, path) -> None:
         from .models import uresnet
 
         field, old = grown
-        grow = uresnet.widen_state_dict if field == "filters" else uresnet.deepen_state_dict
-        verb = "widening" if field == "filters" else "deepening"
-        unit = "filters" if field == "filters" else "levels"
+        verb, unit, grow = {"filters": ("widening", "filters", uresnet.widen_state_dict),
+                            "depth": ("deepening", "levels", uresnet.deepen_state_dict)}[field]
         print(f"train.init: {verb} {path} from {old} to {getattr(model.config, field)} {unit} "
               "(the new model starts with the same outputs)", file=sys.stderr)
         model.load_state_dict(grow(state, old, model))

@@ -369,8 +369,12 @@ def deepen_state_dict(state: dict[str, torch.Tensor], depth: int, model: SparseU
     shift = cfg.depth - depth
     new = model.state_dict()
     out = {}
-    for key, src in state.items():
+    def split(key: str) -> tuple[str, str, str]:  # "decoder.1.0.conv2.weight" -> decoder, 1, 0.conv2.weight
         part, index, rest = (key.split(".", 2) + ["", ""])[:3]
+        return part, index, rest
+
+    for key, src in state.items():
+        part, index, rest = split(key)
         if part in ("up", "decoder"):
             key = f"{part}.{int(index) + shift}.{rest}"
         if key not in new or new[key].shape != src.shape:
@@ -381,7 +385,7 @@ def deepen_state_dict(state: dict[str, torch.Tensor], depth: int, model: SparseU
         if key in out:
             continue
         t = target.clone()
-        part, index, rest = (key.split(".", 2) + ["", ""])[:3]
+        part, index, rest = split(key)
         if part == "decoder" and int(index) < shift:
             if rest.endswith("conv2.weight"):
                 t.zero_()
