@@ -4,7 +4,9 @@ One place for what ``sparseseg demo``, ``scripts/heldout_eval.py`` and
 ``scripts/compare_hit_tagging.py`` all do: simulate interactions of a seed never used in
 training into an event file (resumable, so an interrupted run continues where it stopped),
 segment it with ``sparseseg predict``'s code path (full images, the same output file), and
-score the prediction file by confusion matrix (:func:`sparseseg.infer.evaluate_files`).
+score the prediction file by confusion matrix (:func:`sparseseg.infer.evaluate_files`); and tell
+whether two models' figures on the same events differ by more than the events' own noise
+(:func:`paired_bootstrap`).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["simulated_file", "predict_and_score", "score_curves"]
+__all__ = ["simulated_file", "predict_and_score", "score_curves", "interaction_counts", "paired_bootstrap"]
 
 
 def simulated_file(path: str | Path, preset: str, n: int, seed: int, label_rule: str = "visible",
@@ -79,3 +81,61 @@ def score_curves(pred: str | Path):
                 raise ValueError(f"{pred}: has no truth labels to evaluate against")
             curves.add(ev.labels, f.read_extra(i, "scores"))
     return curves
+
+
+def interaction_counts(pred: str | Path) -> tuple[Any, Any, Any, Any]:
+    """Per interaction (the images of one ``event_id`` together) of a prediction file: pixels
+    with a truth label, pixels whose class is right, pixels whose track/shower group is right.
+    Returns (event_ids, labelled, correct, track_shower_correct) as numpy arrays, and checks
+    nothing else; :func:`paired_bootstrap` compares two files."""
+    import numpy as np
+
+    from .classes import IGNORE, to_track_shower
+    from .io import EventFile
+
+    totals: dict[int, list[int]] = {}
+    with EventFile(str(pred)) as f:
+        if "pred" not in f.extra_names:
+            raise ValueError(f"{pred}: holds no predicted classes (no 'pred' dataset); make it with `sparseseg predict`")
+        for i in range(len(f)):
+            ev = f[i]
+            if ev.labels is None:
+                raise ValueError(f"{pred}: has no truth labels to evaluate against")
+            got = f.read_extra(i, "pred")
+            ok = ev.labels != IGNORE
+            row = totals.setdefault(int(ev.meta.get("event_id", i)), [0, 0, 0])
+            row[0] += int(ok.sum())
+            row[1] += int(((ev.labels == got) & ok).sum())
+            row[2] += int(((to_track_shower(ev.labels) == to_track_shower(got)) & ok).sum())
+    ids = np.array(sorted(totals), dtype=np.int64)
+    table = np.array([totals[k] for k in ids], dtype=np.int64).reshape(-1, 3)
+    return ids, table[:, 0], table[:, 1], table[:, 2]
+
+
+def paired_bootstrap(pred_a: str | Path, pred_b: str | Path, n_boot: int = 2000, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Is model A better than model B on the same events, beyond what the choice of events
+    can do? Resamples the interactions (with replacement, ``n_boot`` times) and recomputes both
+    accuracies on each resample from the two prediction files of the same event file. Returns,
+    for "accuracy" and "track_shower_accuracy": ``a``, ``b``, ``diff`` (a - b), ``lo`` and ``hi``
+    (the 95 % interval of the difference), ``sd_a`` (the spread of A's figure alone, what another
+    set of as many events could give)."""
+    import numpy as np
+
+    if n_boot < 100:
+        raise ValueError(f"paired_bootstrap: n_boot must be >= 100 for a 95 % interval, got {n_boot}")
+    ids_a, n_a, ca, ta = interaction_counts(pred_a)
+    ids_b, n_b, cb, tb = interaction_counts(pred_b)
+    if not (np.array_equal(ids_a, ids_b) and np.array_equal(n_a, n_b)):
+        raise ValueError(f"{pred_a} and {pred_b} do not hold the same events (interactions or labelled pixels differ): "
+                         "predict the same event file with both weights")
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(ids_a), (n_boot, len(ids_a)))
+    pixels = n_a[pick].sum(1)
+    out = {}
+    for key, good_a, good_b in (("accuracy", ca, cb), ("track_shower_accuracy", ta, tb)):
+        fa, fb = good_a[pick].sum(1) / pixels, good_b[pick].sum(1) / pixels
+        d = fa - fb
+        a, b = good_a.sum() / n_a.sum(), good_b.sum() / n_a.sum()
+        out[key] = {"a": float(a), "b": float(b), "diff": float(a - b), "lo": float(np.percentile(d, 2.5)),
+                    "hi": float(np.percentile(d, 97.5)), "sd_a": float(fa.std())}
+    return out

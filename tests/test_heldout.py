@@ -56,3 +56,61 @@ def test_score_curves_of_a_prediction_file(tmp_path):
         w.append(events[0], extras={"pred": np.zeros(len(events[0]), np.uint8)})
     with pytest.raises(ValueError, match=r"bare.h5: holds no class scores \(no 'scores' dataset\)"):
         score_curves(bare)
+
+
+def _prediction_file(path, images):
+    """A prediction file of (event_id, truth labels, predicted classes) images."""
+    import numpy as np
+
+    from sparseseg.event import Event
+    from sparseseg.infer import EXTRAS
+    from sparseseg.io import EventWriter
+
+    with EventWriter(str(path), extras={"pred": EXTRAS["pred"]}) as w:
+        for k, (event_id, labels, pred) in enumerate(images):
+            n = len(labels)
+            coords = np.stack([np.arange(n), np.full(n, k)], 1).astype(np.int32)
+            ev = Event(coords, np.full((n, 1), 50.0, np.float32), (16, 16), labels=np.array(labels, np.uint8),
+                       meta={"plane": "Y", "event_id": event_id})
+            w.append(ev, extras={"pred": np.array(pred, np.uint8)})
+    return path
+
+
+def test_paired_bootstrap_of_two_prediction_files(tmp_path, capsys):
+    """Counts per interaction by hand (interaction 1: two images, the 255 pixel ignored), both
+    accuracies, and the interval of the difference: with two interactions a resample is {1, 1},
+    {1, 2} or {2, 2}, so the difference lies between 3/9 and 2/4 (and is 5/13 on the whole set)."""
+    import numpy as np
+    import pytest
+
+    from sparseseg.heldout import interaction_counts, paired_bootstrap
+
+    from conftest import load_script
+
+    truth = [(1, [0, 1, 2, 3, 4, 255]), (1, [1, 1, 1, 1]), (2, [2, 2, 2, 2])]
+    pred_a = [[0, 1, 2, 3, 4, 0], [1, 1, 1, 0], [2, 2, 3, 1]]  # 5 + 3 and 2 right; track/shower 5 + 4 and 3
+    pred_b = [[1] * 6, [1] * 4, [1] * 4]                       # 1 + 4 and 0 right; track/shower 2 + 4 and 0
+    a = _prediction_file(tmp_path / "a.h5", [(e, t, p) for (e, t), p in zip(truth, pred_a)])
+    b = _prediction_file(tmp_path / "b.h5", [(e, t, p) for (e, t), p in zip(truth, pred_b)])
+    ids, labelled, correct, ts = interaction_counts(a)
+    assert ids.tolist() == [1, 2] and labelled.tolist() == [9, 4] and correct.tolist() == [8, 2] and ts.tolist() == [9, 3]
+    r = paired_bootstrap(a, b, n_boot=2000, seed=0)
+    acc = r["accuracy"]
+    assert acc["a"] == pytest.approx(10 / 13) and acc["b"] == pytest.approx(5 / 13) and acc["diff"] == pytest.approx(5 / 13)
+    assert acc["lo"] == pytest.approx(3 / 9) and acc["hi"] == pytest.approx(2 / 4)
+    t = r["track_shower_accuracy"]
+    assert t["a"] == pytest.approx(12 / 13) and t["b"] == pytest.approx(6 / 13)
+    assert t["lo"] == pytest.approx(1 - 6 / 9) and t["hi"] == pytest.approx(3 / 4)  # {1,1}: 9/9 - 6/9; {2,2}: 3/4 - 0
+    assert 0 < acc["sd_a"] < 0.2
+    # the script prints the same figures as a table
+    assert load_script("compare_predictions").main([str(a), str(b), "--json", str(tmp_path / "r.json")]) == 0
+    assert "| 5-class accuracy | 0.7692 | 0.3846 | +0.3846 | +0.3333 to +0.5000 |" in capsys.readouterr().out
+    # another event file, or too few resamples, is refused by name
+    other = _prediction_file(tmp_path / "c.h5", [(1, [0, 1], [0, 1])])
+    with pytest.raises(ValueError, match=r"c.h5 do not hold the same events .*: predict the same event file with both weights"):
+        paired_bootstrap(a, other)
+    with pytest.raises(ValueError, match="n_boot must be >= 100"):
+        paired_bootstrap(a, b, n_boot=10)
+    assert load_script("compare_predictions").main([str(a), str(other)]) == 2
+    assert "compare_predictions.py: error: " in capsys.readouterr().err
+    assert np.isclose(r["accuracy"]["diff"], r["accuracy"]["a"] - r["accuracy"]["b"])
