@@ -5,8 +5,9 @@ precision) reaches the best held-out accuracy for the same number of training im
     python scripts/recipe_ablation.py --variants plain,class           # some of them (run two lists in parallel)
     python scripts/recipe_ablation.py --report                         # the table of what has finished
 
-Each variant is ``configs/uresnet2d.yaml`` trained from scratch (``train.init`` off, lr 1e-3
-cosine) for ``--steps`` steps of 8 views on the same simulated stream (seed 7), with only the
+Each variant is ``configs/uresnet2d.yaml`` at the depth of the ablation's table (5 levels, no
+weight average) trained from scratch (``train.init`` off, lr 1e-3 cosine) for ``--steps`` steps
+of 8 views on the same simulated stream (seed 7), with only the
 ``weights`` section (or ``train.precision``) changed; the final weights are validated on 400
 views (seed 1001) and scored on held-out uboone interactions (``--heldout`` of them, seed 31337)
 by ``scripts/heldout_eval.py``'s code path. Runs live under ``--out`` (default
@@ -53,8 +54,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 def variant_config(name: str, steps: int) -> dict:
     cfg = yaml.safe_load(BASE.read_text())
     cfg["train"].update({"init": None, "lr": 1.0e-3, "max_steps": steps, "val_every": steps, "threads": 1,
-                         "checkpoint_every": 250, "precision": "auto"})
-    cfg["data"].update({"val_images": 400})
+                         "checkpoint_every": 250, "precision": "auto", "ema": 0.0})
+    cfg["data"].update({"val_images": 400, "seed": 7})
+    cfg["model"].update({"depth": 5})  # the network the table was measured with (the shipped one has 6 levels)
     for section, values in VARIANTS[name][1].items():
         cfg[section].update(values)
     return cfg

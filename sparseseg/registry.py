@@ -52,8 +52,8 @@ def _roi(name: str, network: str, sha: str) -> Shipped:
 SHIPPED: dict[str, Shipped] = {s.name: s for s in (
     Shipped("uresnet2d", "uresnet2d.pt", "uresnet2d.md", "uresnet2d.yaml",
             "2D segmentation (HIP/MIP/shower/delta/Michel), U, V and Y planes",
-            "4423b63801f2af9d4c0b1959286aa521b4ce6f93a1435571759782e462d7458e",
-            "simulator 0.4 then 0.5 (hadronic interactions), preset crop512, detector augmentation, label rule visible",
+            "4799ca5e209ee470ed4e9d688335ed98475323dd34e17747c0bddd0faed18690",
+            "simulator 0.4, then 0.5 (hadronic interactions) in five stages (the last deepened from five to six levels), preset crop512, detector augmentation, label rule visible",
             "wire-plane ADC (any gain: each image is rescaled to its own MIP scale)"),
     Shipped("uresnet3d", "uresnet3d.pt", "uresnet3d.md", "uresnet3d.yaml",
             "3D segmentation (HIP/MIP/shower/delta/Michel) of voxel volumes",

@@ -42,7 +42,7 @@ def test_verify_detects_a_changed_file(tmp_path, monkeypatch):
     fake.write_bytes(b"not the weights")
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
     ok, message = registry.verify("uresnet2d")
-    assert not ok and "the registry records 4423b63801f2" in message
+    assert not ok and "the registry records 4799ca5e209e" in message
 
 
 def test_weights_and_config_commands(capsys):

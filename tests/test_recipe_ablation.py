@@ -25,6 +25,8 @@ def test_variants_differ_only_in_weighting_or_precision():
         train = {k: v for k, v in cfg["train"].items() if k != "precision"}
         assert train == {k: v for k, v in ref["train"].items() if k != "precision"}, name
     assert ref["train"]["init"] is None and ref["train"]["max_steps"] == 1500 and ref["data"]["val_images"] == 400
+    # the table's network and stream, whatever the shipped recipe has moved on to
+    assert ref["model"]["depth"] == 5 and ref["data"]["seed"] == 7 and ref["train"]["ema"] == 0.0
     assert ref["weights"]["class_mode"] == "none" and not ref["weights"]["cluster"] and not ref["weights"]["vertex"]
     assert cfgs["class_vertex_fp32"]["train"]["precision"] == "fp32"
     assert {cfgs[n]["train"]["precision"] for n in cfgs if n != "class_vertex_fp32"} == {"auto"}
