@@ -68,19 +68,27 @@ def score_curves(pred: str | Path):
     """:class:`~sparseseg.metrics.ScoreCurves` of a prediction file with truth labels and
     stored scores (``sparseseg predict`` writes both): each class's efficiency at a purity floor
     when pixels are selected by that class's score alone."""
-    from .io import EventFile
     from .metrics import ScoreCurves
 
     curves = ScoreCurves()
+    for ev, scores in _labelled_images(pred, "scores", "class scores"):
+        curves.add(ev.labels, scores)
+    return curves
+
+
+def _labelled_images(pred: str | Path, extra: str, what: str):
+    """Each image of a prediction file with its ``extra`` dataset; refuses, by name, a file
+    without that dataset (``what`` it holds) or without truth labels."""
+    from .io import EventFile
+
     with EventFile(str(pred)) as f:
-        if "scores" not in f.extra_names:
-            raise ValueError(f"{pred}: holds no class scores (no 'scores' dataset); make it with `sparseseg predict`")
+        if extra not in f.extra_names:
+            raise ValueError(f"{pred}: holds no {what} (no '{extra}' dataset); make it with `sparseseg predict`")
         for i in range(len(f)):
             ev = f[i]
             if ev.labels is None:
                 raise ValueError(f"{pred}: has no truth labels to evaluate against")
-            curves.add(ev.labels, f.read_extra(i, "scores"))
-    return curves
+            yield ev, f.read_extra(i, extra)
 
 
 def interaction_counts(pred: str | Path) -> tuple[Any, Any, Any, Any]:
@@ -91,22 +99,14 @@ def interaction_counts(pred: str | Path) -> tuple[Any, Any, Any, Any]:
     import numpy as np
 
     from .classes import IGNORE, to_track_shower
-    from .io import EventFile
 
     totals: dict[int, list[int]] = {}
-    with EventFile(str(pred)) as f:
-        if "pred" not in f.extra_names:
-            raise ValueError(f"{pred}: holds no predicted classes (no 'pred' dataset); make it with `sparseseg predict`")
-        for i in range(len(f)):
-            ev = f[i]
-            if ev.labels is None:
-                raise ValueError(f"{pred}: has no truth labels to evaluate against")
-            got = f.read_extra(i, "pred")
-            ok = ev.labels != IGNORE
-            row = totals.setdefault(int(ev.meta.get("event_id", i)), [0, 0, 0])
-            row[0] += int(ok.sum())
-            row[1] += int(((ev.labels == got) & ok).sum())
-            row[2] += int(((to_track_shower(ev.labels) == to_track_shower(got)) & ok).sum())
+    for i, (ev, got) in enumerate(_labelled_images(pred, "pred", "predicted classes")):
+        ok = ev.labels != IGNORE
+        row = totals.setdefault(int(ev.meta.get("event_id", i)), [0, 0, 0])
+        row[0] += int(ok.sum())
+        row[1] += int(((ev.labels == got) & ok).sum())
+        row[2] += int(((to_track_shower(ev.labels) == to_track_shower(got)) & ok).sum())
     ids = np.array(sorted(totals), dtype=np.int64)
     table = np.array([totals[k] for k in ids], dtype=np.int64).reshape(-1, 3)
     return ids, table[:, 0], table[:, 1], table[:, 2]

@@ -114,3 +114,13 @@ def test_paired_bootstrap_of_two_prediction_files(tmp_path, capsys):
     assert load_script("compare_predictions").main([str(a), str(other)]) == 2
     assert "compare_predictions.py: error: " in capsys.readouterr().err
     assert np.isclose(r["accuracy"]["diff"], r["accuracy"]["a"] - r["accuracy"]["b"])
+    # a file of scores only (no predicted classes) is refused by name
+    from sparseseg.event import Event
+    from sparseseg.infer import EXTRAS
+    from sparseseg.io import EventWriter
+
+    ev = Event(np.array([[0, 0], [1, 1]], np.int32), np.full((2, 1), 50.0, np.float32), (4, 4), labels=np.array([1, 2], np.uint8))
+    with EventWriter(str(tmp_path / "scores.h5"), extras={"scores": EXTRAS["scores"]}) as w:
+        w.append(ev, extras={"scores": np.full((2, 5), 0.2, np.float16)})
+    with pytest.raises(ValueError, match=r"scores.h5: holds no predicted classes \(no 'pred' dataset\)"):
+        interaction_counts(tmp_path / "scores.h5")
