@@ -80,7 +80,6 @@ def test_training_steps_on_cpu(dim, shape):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-
 def randomise_batchnorm(model):
     """BatchNorm statistics and affine parameters away from their identity defaults, so that
     tests comparing two models' logits see them."""

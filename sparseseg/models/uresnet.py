@@ -369,9 +369,9 @@ def deepen_state_dict(state: dict[str, torch.Tensor], depth: int, model: SparseU
     shift = cfg.depth - depth
     new = model.state_dict()
     out = {}
-    def split(key: str) -> tuple[str, str, str]:  # "decoder.1.0.conv2.weight" -> decoder, 1, 0.conv2.weight
-        part, index, rest = (key.split(".", 2) + ["", ""])[:3]
-        return part, index, rest
+
+    def split(key: str) -> list[str]:  # "decoder.1.0.conv2.weight" -> decoder, 1, 0.conv2.weight
+        return (key.split(".", 2) + ["", ""])[:3]
 
     for key, src in state.items():
         part, index, rest = split(key)
