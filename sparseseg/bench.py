@@ -11,6 +11,7 @@ pairs x C_in x C_out x 2) and compared with a ``torch.mm`` SGEMM peak measured i
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -147,6 +148,7 @@ def _sparse_rows(row, name, dim, plane, event, reps, device, sync, baseline) -> 
     fast = None if graph else FastUResNet(model, "bf16" if name.endswith("bf16") else "fp32")
     if fast is not None:
         del model
+        gc.collect()  # spconv's layers hold reference cycles (state-dict hooks): free their weights now
 
     def run(events):
         if graph:
@@ -193,7 +195,6 @@ def train_batches(steps: int, batch: int, seed: int = 123) -> list:
 def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Time training steps of the 2D UResNet (one variant of :data:`TRAIN_VARIANTS`):
     data (labels and pixel weights), forward, backward, optimizer; peak RSS above baseline."""
-    import gc
     import pickle
 
     from .models import build_model
@@ -349,7 +350,6 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         x = torch.rand(1, 3, 500, 500, device=device) * 50
     else:
         x = torch.rand(*ROI_SHAPE, device=device)
-    import gc
 
     if name.startswith("uresnet"):
         from .models import sparse_infer, uresnet  # noqa: F401  (imports are part of the baseline)

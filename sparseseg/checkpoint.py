@@ -47,7 +47,8 @@ def float_state(state: dict[str, Any]) -> dict[str, Any]:
 def build_from(ckpt: dict[str, Any], path: str | Path = "<checkpoint>", device: str | torch.device = "cpu",
                name: str | None = None):
     """Rebuild the model of any family (:data:`sparseseg.models.FAMILIES`) that a checkpoint
-    describes and load its weights (as float32). ``name`` also checks that the checkpoint holds
+    describes and load its weights (as float32; the module is built without storage and takes
+    the state's tensors, so a float32 checkpoint shares them with the model). ``name`` also checks that the checkpoint holds
     that model; ``name="uresnet-dense"`` on a sparse ``uresnet`` checkpoint gives its dense twin
     (the same config, weights converted by
     :func:`~sparseseg.models.dense_uresnet.convert_sparse_state_dict`). On the dense twin: the
@@ -69,14 +70,15 @@ def build_from(ckpt: dict[str, Any], path: str | Path = "<checkpoint>", device: 
     if classes != spec.classes:
         raise ValueError(f"weights file {path}: trained for classes {classes}, this sparseseg's "
                          f"{spec.name!r} outputs {spec.classes}")
-    model = spec.build(**mcfg)
+    with torch.device("meta"):  # no storage: the checkpoint's tensors become the weights below
+        model = spec.build(**mcfg)
     state = float_state(ckpt["model"])
     if twin:
         from .models.dense_uresnet import convert_sparse_state_dict
 
         state = convert_sparse_state_dict(state, model.dim)
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(state, assign=True)
     except RuntimeError as err:
         lines = str(err).strip().splitlines()
         what = "sparse uresnet weights do not convert to its dense twin" if twin else f"weights do not fit model {spec.name!r}"

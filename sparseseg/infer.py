@@ -9,6 +9,7 @@ and settings, and a rerun with other ones is refused.
 """
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import time
@@ -250,6 +251,7 @@ class Predictor:
                     from .models.sparse_infer import FastUResNet
 
                     model = FastUResNet(model, self.precision)
+                    gc.collect()  # the modules' weights: spconv's layers sit in reference cycles
                 elif path_kind == "graph":
                     model.backend = "graph"
             self._models[dim] = model

@@ -35,6 +35,40 @@ def test_round_trip_and_fp16_slim(tmp_path):
         torch.testing.assert_close(b, a.half().float() if a.is_floating_point() else a, msg=k)
 
 
+def test_build_from_holds_one_copy_of_the_weights(tmp_path):
+    """The module is built without storage and takes the checkpoint's float32 tensors (no
+    random initialisation, no second copy), and loading a model with missing keys still fails."""
+    p = _save(tmp_path / "w.pt")
+    ckpt = checkpoint.load(p)
+    model = checkpoint.build_from(ckpt)
+    for k, v in model.state_dict().items():
+        assert not v.is_meta, k
+        assert v.data_ptr() == ckpt["model"][k].data_ptr(), k
+    ckpt["model"].pop(next(iter(ckpt["model"])))
+    with pytest.raises(ValueError, match="weights do not fit model 'uresnet'"):
+        checkpoint.build_from(ckpt)
+
+
+def test_predictor_keeps_no_training_modules(tmp_path):
+    """The inference engine replaces the network's modules; spconv's layers sit in reference
+    cycles, so the predictor frees them at once rather than at the next garbage collection."""
+    import gc
+
+    from sparseseg.infer import Predictor
+    from sparseseg.models.uresnet import cpu_path
+
+    def alive():
+        return sum(isinstance(o, torch.nn.Module) and type(o).__name__ == "SubMConv2d" for o in gc.get_objects())
+
+    gc.collect()
+    before = alive()
+    pred = Predictor(weights=str(_save(tmp_path / "w.pt")), precision="fp32")
+    pred.model(2)
+    if cpu_path(pred.device, 2, pred.precision, grad=False) != "infer":
+        pytest.skip("this device keeps the modules (no inference engine)")
+    assert alive() == before
+
+
 def test_average_states_is_the_uniform_mean():
     a = {"w": torch.tensor([1.0, 2.0]), "bn.num_batches_tracked": torch.tensor(7), "h": torch.tensor([1.0], dtype=torch.float16)}
     b = {"w": torch.tensor([3.0, -2.0]), "bn.num_batches_tracked": torch.tensor(9), "h": torch.tensor([2.0], dtype=torch.float16)}
