@@ -139,3 +139,72 @@ def paired_bootstrap(pred_a: str | Path, pred_b: str | Path, n_boot: int = 2000,
         out[key] = {"a": float(a), "b": float(b), "diff": float(a - b), "lo": float(np.percentile(d, 2.5)),
                     "hi": float(np.percentile(d, 97.5)), "sd_a": float(fa.std())}
     return out
+
+
+def class_errors(pred: str | Path, cls: int, size_bins=(1, 10, 20, 50, 100, 200, 500), radius: int = 2) -> dict[str, Any]:
+    """Where the pixels of truth class ``cls`` go, split three ways, from a prediction file:
+
+    - ``by_size``: by the size of the particle they belong to (pixels of ``cls`` in their truth
+      cluster, bins from ``size_bins``; pixels outside any cluster are left out),
+    - ``by_topology``: by the interaction type of their image (``meta["topology"]``),
+    - ``by_neighbour``: by the other truth classes within ``radius`` pixels (Chebyshev distance):
+      ``"alone"`` where there is none, else one row per class present (a pixel with MIP and
+      shower pixels near it counts in both rows).
+
+    Each row: {"pixels", "clusters" (by_size only), "predicted": counts per predicted class}.
+    """
+    import itertools
+
+    import numpy as np
+
+    from .classes import CLASS_NAMES, NUM_CLASSES
+
+    edges = list(size_bins) + [np.inf]
+    by_size = [{"lo": int(a), "hi": None if b == np.inf else int(b), "clusters": 0, "pixels": 0,
+                "predicted": np.zeros(NUM_CLASSES, np.int64)} for a, b in zip(edges[:-1], edges[1:])]
+    by_topology: dict[str, dict[str, Any]] = {}
+    by_neighbour = {k: {"pixels": 0, "predicted": np.zeros(NUM_CLASSES, np.int64)}
+                    for k in ["alone"] + [n for i, n in enumerate(CLASS_NAMES) if i != cls]}
+    for ev, got in _labelled_images(pred, "pred", "predicted classes"):
+        mine = np.flatnonzero(ev.labels == cls)
+        if not len(mine):
+            continue
+        hits = np.zeros((len(mine), NUM_CLASSES), np.int64)
+        hits[np.arange(len(mine)), got[mine]] = 1
+        row = by_topology.setdefault(str(ev.meta.get("topology", "unknown")),
+                                     {"pixels": 0, "predicted": np.zeros(NUM_CLASSES, np.int64)})
+        row["pixels"] += len(mine)
+        row["predicted"] += hits.sum(0)
+        if ev.clusters is not None:
+            ids, inv, size = np.unique(ev.clusters[mine], return_inverse=True, return_counts=True)
+            per = np.zeros((len(ids), NUM_CLASSES), np.int64)
+            np.add.at(per, inv, hits)
+            for row in by_size:
+                s = (ids >= 0) & (size >= row["lo"]) & (size < (row["hi"] or np.inf))
+                row["clusters"] += int(s.sum())
+                row["pixels"] += int(size[s].sum())
+                row["predicted"] += per[s].sum(0)
+        # truth classes around each pixel of ``cls``: linear keys of the padded grid, looked up
+        coords = ev.coords.astype(np.int64) + radius
+        dims = [int(s) + 2 * radius for s in ev.shape]
+        keys = np.ravel_multi_index(coords.T, dims)
+        order = np.argsort(keys)
+        sorted_keys, sorted_labels = keys[order], ev.labels[order]
+        near = np.zeros((len(mine), NUM_CLASSES), bool)
+        for off in itertools.product(range(-radius, radius + 1), repeat=len(dims)):
+            q = np.ravel_multi_index((coords[mine] + np.array(off)).T, dims)
+            pos = np.minimum(np.searchsorted(sorted_keys, q), len(sorted_keys) - 1)
+            found = sorted_keys[pos] == q
+            lab = sorted_labels[pos[found]]
+            ok = lab < NUM_CLASSES
+            near[np.flatnonzero(found)[ok], lab[ok]] = True
+        near[:, cls] = False
+        alone = ~near.any(1)
+        by_neighbour["alone"]["pixels"] += int(alone.sum())
+        by_neighbour["alone"]["predicted"] += hits[alone].sum(0)
+        for i, name in enumerate(CLASS_NAMES):
+            if i != cls:
+                by_neighbour[name]["pixels"] += int(near[:, i].sum())
+                by_neighbour[name]["predicted"] += hits[near[:, i]].sum(0)
+    return {"class": CLASS_NAMES[cls], "by_size": by_size, "by_topology": dict(sorted(by_topology.items())),
+            "by_neighbour": by_neighbour}

@@ -124,3 +124,49 @@ def test_paired_bootstrap_of_two_prediction_files(tmp_path, capsys):
         w.append(ev, extras={"scores": np.full((2, 5), 0.2, np.float16)})
     with pytest.raises(ValueError, match=r"scores.h5: holds no predicted classes \(no 'pred' dataset\)"):
         interaction_counts(tmp_path / "scores.h5")
+
+
+def test_class_errors_by_size_topology_and_neighbours(tmp_path):
+    """heldout.class_errors on a hand-made image: a 3-pixel HIP stub touching a shower, a
+    6-pixel HIP track far from anything, a MIP track next to it; counts checked by hand, and
+    the script prints them."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from sparseseg.event import Event
+    from sparseseg.heldout import class_errors
+    from sparseseg.infer import EXTRAS
+    from sparseseg.io import EventWriter
+
+    stub = [(2, 2), (2, 3), (2, 4)]        # HIP, cluster 1, next to the shower at (3, 5)
+    shower = [(3, 5), (4, 6)]              # shower, cluster 2
+    track = [(10, c) for c in range(6)]    # HIP, cluster 3, alone (the MIP is 3 rows away)
+    mip = [(13, c) for c in range(4)]      # MIP, cluster 4
+    coords = np.array(stub + shower + track + mip, np.int32)
+    labels = np.array([0] * 3 + [2] * 2 + [0] * 6 + [1] * 4, np.uint8)
+    clusters = np.array([1] * 3 + [2] * 2 + [3] * 6 + [4] * 4, np.int32)
+    pred = labels.copy()
+    pred[[0, 1]] = 2                       # two stub pixels called shower
+    pred[[5, 6]] = 1                       # two track pixels called MIP
+    ev = Event(coords=coords, features=np.full((len(coords), 1), 50, np.float32), shape=(20, 20),
+               labels=labels, clusters=clusters, meta={"topology": "cce"})
+    path = tmp_path / "pred.h5"
+    with EventWriter(str(path), extras={"pred": EXTRAS["pred"]}) as w:
+        w.append(ev, extras={"pred": pred})
+    res = class_errors(path, 0, size_bins=(1, 5), radius=1)
+    small, big = res["by_size"]
+    assert (small["clusters"], small["pixels"], small["predicted"].tolist()) == (1, 3, [1, 0, 2, 0, 0])
+    assert (big["clusters"], big["pixels"], big["predicted"].tolist()) == (1, 6, [4, 2, 0, 0, 0])
+    assert res["by_topology"]["cce"]["predicted"].tolist() == [5, 2, 2, 0, 0]
+    near = res["by_neighbour"]
+    assert near["shower"]["pixels"] == 1 and near["shower"]["predicted"].tolist() == [1, 0, 0, 0, 0]  # (2, 4) only
+    assert near["alone"]["pixels"] == 8 and near["MIP"]["pixels"] == 0
+    out = subprocess.run([sys.executable, "scripts/class_errors.py", str(path), "--class", "hip"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| 1-9 | 2 | 9 | 0.556 | 0.222 | 0.222 | 0.000 | 0.000 |" in out
+    assert "| cce | 9 | 0.556 | 0.222 | 0.222 | 0.000 | 0.000 |" in out
+    bad = subprocess.run([sys.executable, "scripts/class_errors.py", str(path), "--class", "pion"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown class 'pion'" in bad.stderr
