@@ -179,11 +179,11 @@ def class_errors(pred: str | Path, cls: int, size_bins=(1, 10, 20, 50, 100, 200,
             ids, inv, size = np.unique(ev.clusters[mine], return_inverse=True, return_counts=True)
             per = np.zeros((len(ids), NUM_CLASSES), np.int64)
             np.add.at(per, inv, hits)
-            for row in by_size:
-                s = (ids >= 0) & (size >= row["lo"]) & (size < (row["hi"] or np.inf))
-                row["clusters"] += int(s.sum())
-                row["pixels"] += int(size[s].sum())
-                row["predicted"] += per[s].sum(0)
+            for size_bin in by_size:
+                s = (ids >= 0) & (size >= size_bin["lo"]) & (size < (size_bin["hi"] or np.inf))
+                size_bin["clusters"] += int(s.sum())
+                size_bin["pixels"] += int(size[s].sum())
+                size_bin["predicted"] += per[s].sum(0)
         # truth classes around each pixel of ``cls``: linear keys of the padded grid, looked up
         coords = ev.coords.astype(np.int64) + radius
         dims = [int(s) + 2 * radius for s in ev.shape]
