@@ -19,30 +19,26 @@ from sparseseg.classes import CLASS_NAMES, class_index
 from sparseseg.heldout import class_errors
 
 
-def _row(name: str, row: dict, cls: int, extra: str = "") -> str:
+def _row(name: str, row: dict, clusters: str = "") -> str:
     n = max(row["pixels"], 1)
     fracs = " | ".join(f"{c / n:.3f}" for c in row["predicted"])
-    return f"| {name} |{extra} {row['pixels']:,} | {fracs} |"
+    return f"| {name} |{clusters} {row['pixels']:,} | {fracs} |"
 
 
 def format_tables(res: dict) -> str:
     cls = class_index(res["class"])
     head = " | ".join(f"-> {c}" if i != cls else f"{c} (efficiency)" for i, c in enumerate(CLASS_NAMES))
-    lines = []
-    for title, key, first, extra in (("particle size (pixels of the class in its truth cluster)", "by_size", "size", " clusters |"),
-                                     ("interaction type", "by_topology", "type", ""),
-                                     ("other truth classes within the radius", "by_neighbour", "near", "")):
-        lines += [f"{res['class']} pixels by {title}", "",
-                  f"| {first} |{extra} pixels | {head} |", "|---|" + "---:|" * (len(CLASS_NAMES) + 1 + bool(extra))]
-        rows = res[key]
-        for r in (rows if isinstance(rows, list) else [dict(v, name=k) for k, v in rows.items()]):
-            if key == "by_size":
-                name = f"{r['lo']}-{r['hi'] - 1}" if r["hi"] else f">= {r['lo']}"
-                lines.append(_row(name, r, cls, f" {r['clusters']:,} |"))
-            else:
-                lines.append(_row(r["name"], r, cls))
-        lines.append("")
-    return "\n".join(lines)
+    ncol = len(CLASS_NAMES) + 1
+    lines = [f"{res['class']} pixels by particle size (pixels of the class in its truth cluster)", "",
+             f"| size | clusters | pixels | {head} |", "|---|" + "---:|" * (ncol + 1)]
+    for r in res["by_size"]:
+        name = f"{r['lo']}-{r['hi'] - 1}" if r["hi"] else f">= {r['lo']}"
+        lines.append(_row(name, r, f" {r['clusters']:,} |"))
+    for title, key, first in (("interaction type", "by_topology", "type"),
+                              ("other truth classes within the radius", "by_neighbour", "near")):
+        lines += ["", f"{res['class']} pixels by {title}", "", f"| {first} | pixels | {head} |", "|---|" + "---:|" * ncol]
+        lines += [_row(name, r) for name, r in res[key].items()]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
