@@ -37,12 +37,14 @@ def mip_scale(values) -> float:
     v = torch.as_tensor(np.asarray(values) if not torch.is_tensor(values) else values).reshape(-1).float()
     if v.numel() < MIN_PIXELS:
         return NOMINAL_MIP
-    s = v.median()
+    v, _ = torch.sort(v)  # {v > a} is a tail of the sorted values: each median is one lookup
+    n = v.numel()
+    s = v[(n - 1) // 2]  # torch.median's choice: the lower middle value
     for _ in range(ITERATIONS):
-        sel = v[v > ALPHA * s]
-        if sel.numel() == 0:
+        first = int(torch.searchsorted(v, ALPHA * s, right=True))
+        if first == n:
             break
-        s = sel.median()
+        s = v[first + (n - first - 1) // 2]
     return max(float(s), 1e-6)
 
 

@@ -17,6 +17,30 @@ def test_mip_scale_by_hand():
     assert ALPHA == 0.5
 
 
+def test_mip_scale_is_the_iterated_median():
+    # the definition, written out: start at the median of all values, then the median of the
+    # values above ALPHA times the scale, ITERATIONS times (torch.median: the lower middle value)
+    from sparseseg.calibration import ITERATIONS, MIN_PIXELS
+
+    def by_definition(v):
+        v = torch.as_tensor(v, dtype=torch.float32)
+        if v.numel() < MIN_PIXELS:
+            return NOMINAL_MIP
+        s = v.median()
+        for _ in range(ITERATIONS):
+            sel = v[v > ALPHA * s]
+            if sel.numel() == 0:
+                break
+            s = sel.median()
+        return float(s)
+
+    rng = np.random.default_rng(5)
+    for n in (0, 29, 30, 31, 64, 1000, 4001):
+        for v in (rng.uniform(10, 300, n), rng.integers(10, 300, n).astype(float), np.full(n, 42.0),
+                  np.concatenate([rng.normal(58, 5, n), rng.uniform(10, 300, n // 3)]).clip(10, 300)):
+            assert mip_scale(v) == by_definition(v), (n, v[:5])
+
+
 def test_mip_scale_follows_the_gain_through_the_threshold():
     from sparseseg.simulate import simulate_interaction
     from sparseseg.simulate.detector import default_conditions

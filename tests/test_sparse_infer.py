@@ -73,6 +73,25 @@ def test_neighbour_table_by_hand():
     assert int((nbr < n).sum()) == 5 + 2 * 3  # centres + three neighbour pairs
 
 
+@pytest.mark.parametrize("dim", [2, 3])
+def test_neighbour_table_against_a_lookup(dim):
+    # every slot of every site's row checked against a dictionary of the coordinates
+    import itertools
+
+    g = torch.Generator().manual_seed(dim)
+    for size, n in ((9, 120), (4, 40), (3, 1)):
+        shape = [size] * dim
+        coords = torch.unique(torch.cat([torch.randint(0, 2, (n, 1), generator=g),
+                                         torch.randint(0, size, (n, dim), generator=g)], 1), dim=0)
+        keys, order = torch.sort(_keys(coords, shape))
+        lv = _Level(coords[order], keys, shape)
+        rows = {tuple(c.tolist()): i for i, c in enumerate(lv.coords)}
+        offsets = list(itertools.product((-1, 0, 1), repeat=dim))
+        want = torch.tensor([[rows.get((c[0], *(a + o for a, o in zip(c[1:], off))), lv.n) for off in offsets]
+                             for c in lv.coords.tolist()])
+        assert torch.equal(lv.neighbours(), want)
+
+
 def test_coarsen_by_hand():
     coords = torch.tensor([[0, 0, 0], [0, 1, 1], [0, 2, 3], [0, 3, 2]])
     shape = [4, 4]

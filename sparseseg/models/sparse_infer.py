@@ -74,7 +74,8 @@ class _Level:
         """(N, 3^D) rows of each site's neighbours, offsets row-major (row N where there is none).
 
         Keys are sorted, so the three neighbours along the last axis of one row of the kernel
-        are consecutive: one ``searchsorted`` per kernel row (3^(D-1)) finds all three.
+        are consecutive: one ``searchsorted`` per kernel row (3^(D-1)) finds all three, and the
+        site's own row needs none (its first candidate is the key before the site's own).
         """
         if self._nbr is None:
             strides, s = [], 1
@@ -85,8 +86,13 @@ class _Level:
             n, keys = self.n, self.keys
             cols = []
             for ks in itertools.product(range(3), repeat=len(self.shape) - 1):
-                first = keys + sum((k - 1) * st for k, st in zip(ks, strides)) - 1
-                pos = torch.searchsorted(keys, first)
+                shift = sum((k - 1) * st for k, st in zip(ks, strides))
+                first = keys + shift - 1
+                if shift == 0:  # the site's own kernel row: the key before its own, or itself
+                    pos = torch.arange(n)
+                    pos[1:] -= (keys[:-1] == first[1:]).long()
+                else:
+                    pos = torch.searchsorted(keys, first)
                 for dx in range(3):
                     p = pos.clamp(max=n - 1)
                     hit = keys[p] == first + dx
@@ -257,7 +263,9 @@ class FastUResNet:
             torch.index_select(xp, 0, rows, out=self._gbuf[: m * k * c].view(-1, c))
             g = self._gbuf[: mp * k * c].view(mp, k * c)  # rows past m: stale but finite, dropped
             chunk = out[a:a + m]
-            if accumulate:
+            if accumulate and m == mp:
+                chunk.addmm_(g, w)  # the GEMM adds into the output: no temporary, no second pass
+            elif accumulate:
                 chunk += torch.mm(g, w)[:m]
             elif m == mp:
                 torch.mm(g, w, out=chunk) if bias is None else torch.addmm(bias, g, w, out=chunk)
