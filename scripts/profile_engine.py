@@ -71,12 +71,18 @@ def main(argv=None) -> int:
         shapes.append((a.shape[0], a.shape[1], b.shape[1]))
         return real_addmm(bias, a, b, **kw)
 
-    torch.mm, torch.addmm = mm, addmm
+    real_addmm_ = torch.Tensor.addmm_
+
+    def addmm_(out, a, b, **kw):  # the convolutions that accumulate into their output
+        shapes.append((a.shape[0], a.shape[1], b.shape[1]))
+        return real_addmm_(out, a, b, **kw)
+
+    torch.mm, torch.addmm, torch.Tensor.addmm_ = mm, addmm, addmm_
     try:
         with torch.no_grad():
             run()
     finally:
-        torch.mm, torch.addmm = real_mm, real_addmm
+        torch.mm, torch.addmm, torch.Tensor.addmm_ = real_mm, real_addmm, real_addmm_
     useful = fast.count_flops(idx, feats, shape)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     gemms = [s for s in shapes if s[1] > 4]  # leave out the 1-channel stem's tiny products
