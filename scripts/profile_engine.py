@@ -61,28 +61,26 @@ def main(argv=None) -> int:
 
     # FLOPs and GEMM shapes of one forward
     shapes: list[tuple[int, int, int]] = []
-    real_mm, real_addmm = torch.mm, torch.addmm
+    real_mm = torch.mm
+    # every GEMM the engine calls (addmm_: the convolutions that accumulate into their output)
+    patched = [(torch, "mm"), (torch, "addmm"), (torch.Tensor, "addmm_")]
+    originals = [getattr(owner, name) for owner, name in patched]
 
-    def mm(a, b, **kw):
-        shapes.append((a.shape[0], a.shape[1], b.shape[1]))
-        return real_mm(a, b, **kw)
+    def counted(f):
+        def g(*args, **kw):  # the two matrices are the last positional arguments
+            a, b = args[-2], args[-1]
+            shapes.append((a.shape[0], a.shape[1], b.shape[1]))
+            return f(*args, **kw)
+        return g
 
-    def addmm(bias, a, b, **kw):
-        shapes.append((a.shape[0], a.shape[1], b.shape[1]))
-        return real_addmm(bias, a, b, **kw)
-
-    real_addmm_ = torch.Tensor.addmm_
-
-    def addmm_(out, a, b, **kw):  # the convolutions that accumulate into their output
-        shapes.append((a.shape[0], a.shape[1], b.shape[1]))
-        return real_addmm_(out, a, b, **kw)
-
-    torch.mm, torch.addmm, torch.Tensor.addmm_ = mm, addmm, addmm_
+    for (owner, name), f in zip(patched, originals):
+        setattr(owner, name, counted(f))
     try:
         with torch.no_grad():
             run()
     finally:
-        torch.mm, torch.addmm, torch.Tensor.addmm_ = real_mm, real_addmm, real_addmm_
+        for (owner, name), f in zip(patched, originals):
+            setattr(owner, name, f)
     useful = fast.count_flops(idx, feats, shape)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     gemms = [s for s in shapes if s[1] > 4]  # leave out the 1-channel stem's tiny products
